@@ -1,0 +1,5 @@
+import sys
+
+from supervisor.daemon_main import main
+
+sys.exit(main())

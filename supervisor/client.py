@@ -1,0 +1,603 @@
+"""Python client for phalanxd, shaped like multiprocessing.Pool and
+concurrent.futures.
+
+    from supervisor.client import Client, TaskError
+
+    with Client("tcp://127.0.0.1:7455") as pool:
+        fut = pool.submit("workers.builtin:echo", 42)        # a Future
+        print(fut.result())                                   # 42
+        print(pool.map("workers.builtin:echo", range(10)))   # in order
+        for value in pool.imap_unordered("workers.builtin:echo", range(10)):
+            ...                                               # as they finish
+        slow = pool.with_options(timeout=2.0, max_attempts=1)
+        slow.submit("workers.builtin:sleep", 5).result()      # TaskError Timeout
+
+Per-submit options (``timeout``, ``max_attempts``) live on ``with_options``,
+never among the task's own keyword arguments, so a task may itself take a
+``timeout=`` argument without any collision.
+
+How it stays fast: a ZeroMQ socket is not thread-safe, so one I/O thread
+owns the DEALER socket. ``submit`` appends to a deque and wakes that thread
+only if it was idle; the thread sends everything queued as one message and
+completes futures in batches. ``map`` and ``imap_unordered`` do not create a
+Future per item: results land in a shared collector instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from typing import Any, Union
+
+import msgspec
+import zmq
+
+DEFAULT_ENDPOINT = os.environ.get("PHALANX_ENDPOINT", "tcp://127.0.0.1:7455")
+DEFAULT_PUBLISHER = os.environ.get("PHALANX_PUBLISHER", "tcp://127.0.0.1:7456")
+MAX_BATCH = 1024  # tasks per message, well under the daemon's size limit
+STREAM_WINDOW = 65_536  # tasks a map/imap keeps in flight at once
+
+
+class TaskError(Exception):
+    """A task did not succeed: it raised, its worker died, it timed out, or
+    the daemon refused it. ``type`` is the stable name (``UnknownTask``,
+    ``WorkerCrashed``, ``Timeout``, or the task's exception class name)."""
+
+    def __init__(self, type: str, message: str, traceback: str | None = None,
+                 task_id: str | None = None) -> None:
+        super().__init__(f"{type}: {message}")
+        self.type = type
+        self.message = message
+        self.traceback = traceback
+        self.task_id = task_id
+
+
+class AsyncResult(Future[Any]):
+    """A Future that also answers multiprocessing's AsyncResult methods."""
+
+    def get(self, timeout: float | None = None) -> Any:
+        return self.result(timeout)
+
+    def wait(self, timeout: float | None = None) -> None:
+        try:
+            self.exception(timeout)
+        except TimeoutError:
+            pass
+
+    def ready(self) -> bool:
+        return self.done()
+
+    def successful(self) -> bool:
+        if not self.done():
+            raise ValueError("result is not ready")
+        return self.exception() is None
+
+
+# ----------------------------------------------------------------- wire
+class _TaskOut(msgspec.Struct, omit_defaults=True):
+    task: str
+    id: str
+    args: tuple[Any, ...] | list[Any] = ()
+    kwargs: dict[str, Any] | None = None
+    timeout: float | None = None
+    max_attempts: int | None = None
+
+
+class _Submit(msgspec.Struct, tag_field="op", tag="submit"):
+    tasks: list[_TaskOut]
+
+
+class _Err(msgspec.Struct):
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+class _Res(msgspec.Struct):
+    id: str | None
+    task: str
+    ok: bool
+    attempts: int = 0
+    value: Any = None
+    error: _Err | None = None
+
+
+class _Rejected(msgspec.Struct):
+    id: str | None
+    error: _Err
+
+
+class _Ack(msgspec.Struct, tag_field="op", tag="ack"):
+    accepted: list[str]
+    rejected: list[_Rejected]
+
+
+class _Results(msgspec.Struct, tag_field="op", tag="results"):
+    results: list[_Res]
+
+
+class _Pong(msgspec.Struct, tag_field="op", tag="pong"):
+    version: str
+    protocol: int
+    boot: str
+    workers: int
+
+
+class _ErrorReply(msgspec.Struct, tag_field="op", tag="error"):
+    error: _Err
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Union[_Ack, _Results, _Pong, _ErrorReply])
+
+
+def task_name(task: str | Callable[..., Any]) -> str:
+    """``"module:function"`` as given, or derived from a function object."""
+    if isinstance(task, str):
+        return task
+    return f"{task.__module__}:{task.__qualname__}"
+
+
+class _Collector:
+    """Where map/imap results land: one queue put per incoming message."""
+
+    __slots__ = ("q", "batch")
+
+    def __init__(self) -> None:
+        self.q: queue.SimpleQueue[list[tuple[int, _Res]]] = queue.SimpleQueue()
+        self.batch: list[tuple[int, _Res]] | None = None
+
+
+def _error_of(res: _Res) -> TaskError:
+    err = res.error or _Err("Unknown", "no error detail")
+    return TaskError(err.type, err.message, err.traceback, res.id)
+
+
+# ---------------------------------------------------------------- API
+class _Api:
+    """Submission methods shared by Client and its with_options views."""
+
+    _client: Client
+    _opts: tuple[float | None, int | None]
+
+    def submit(self, task: str | Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Run ``task(*args, **kwargs)`` on a worker; returns a Future."""
+        return self._client._submit_one(task_name(task), args, kwargs or None, self._opts)
+
+    def apply_async(
+        self,
+        task: str | Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwds: dict[str, Any] | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> AsyncResult:
+        """multiprocessing.Pool.apply_async, returning an AsyncResult/Future."""
+        fut = self._client._submit_one(task_name(task), tuple(args), kwds or None, self._opts)
+        if callback is not None or error_callback is not None:
+            def done(f: Future[Any]) -> None:
+                exc = f.exception()
+                if exc is None:
+                    if callback is not None:
+                        callback(f.result())
+                elif error_callback is not None:
+                    error_callback(exc)
+            fut.add_done_callback(done)
+        return fut
+
+    def apply(self, task: str | Callable[..., Any], args: Iterable[Any] = (),
+              kwds: dict[str, Any] | None = None) -> Any:
+        return self.apply_async(task, args, kwds).result()
+
+    def imap_unordered(self, task: str | Callable[..., Any], iterable: Iterable[Any]) -> Iterator[Any]:
+        """Results as they complete; raises TaskError at the first failure."""
+        for _, res in self._client._stream(task_name(task), ((x,) for x in iterable), self._opts):
+            if not res.ok:
+                raise _error_of(res)
+            yield res.value
+
+    def imap(self, task: str | Callable[..., Any], iterable: Iterable[Any]) -> Iterator[Any]:
+        """Results in submission order, yielded as soon as each is next."""
+        held: dict[int, _Res] = {}
+        want = 0
+        for index, res in self._client._stream(task_name(task), ((x,) for x in iterable), self._opts):
+            held[index] = res
+            while want in held:
+                r = held.pop(want)
+                want += 1
+                if not r.ok:
+                    raise _error_of(r)
+                yield r.value
+
+    def map(self, task: str | Callable[..., Any], iterable: Iterable[Any]) -> list[Any]:
+        """All results, in submission order; raises the first failure in order."""
+        return self._gather(task_name(task), ((x,) for x in iterable))
+
+    def starmap(self, task: str | Callable[..., Any], iterable: Iterable[Iterable[Any]]) -> list[Any]:
+        return self._gather(task_name(task), (tuple(x) for x in iterable))
+
+    def _gather(self, name: str, arg_tuples: Iterable[tuple[Any, ...]]) -> list[Any]:
+        out: list[Any] = []
+        failures: dict[int, _Res] = {}
+        for index, res in self._client._stream(name, arg_tuples, self._opts):
+            if index >= len(out):
+                out.extend([None] * (index + 1 - len(out)))
+            if res.ok:
+                out[index] = res.value
+            else:
+                failures[index] = res
+        if failures:
+            raise _error_of(failures[min(failures)])
+        return out
+
+    def with_options(self, *, timeout: float | None = None,
+                     max_attempts: int | None = None) -> _Options:
+        """A view of this client whose submissions carry these options."""
+        return _Options(self._client, (timeout, max_attempts))
+
+
+class _Options(_Api):
+    def __init__(self, client: Client, opts: tuple[float | None, int | None]) -> None:
+        self._client = client
+        self._opts = opts
+
+
+class Client(_Api):
+    """A connection to one phalanxd (or several: pass a list of endpoints)."""
+
+    def __init__(self, endpoint: str | list[str] = DEFAULT_ENDPOINT, *,
+                 connect_timeout: float | None = None) -> None:
+        self._client = self
+        self._opts = (None, None)
+        self._endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._prefix = uuid.uuid4().hex[:12] + "-"
+        self._counter = itertools.count()
+        self._pending: dict[str, Any] = {}
+        self._outq: deque[tuple[str, str, Any, Any, Any, Any]] = deque()
+        self._inflight_batches: deque[list[str]] = deque()
+        self._idle = False
+        self._closing = False
+        self._stop = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._pong: Future[_Pong] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._io_main, name="phalanx-client-io", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------- lifecycle
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        self.join()
+
+    def close(self) -> None:
+        """No more submissions; what is pending still completes (Pool.close)."""
+        self._closing = True
+        self._wake()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for pending tasks, then release the socket (Pool.join)."""
+        self._closing = True
+        self._wake()
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._release()
+
+    def terminate(self) -> None:
+        """Stop now; pending futures fail with ClientClosed."""
+        self._closing = True
+        self._stop = True
+        self._wake()
+        self._thread.join()
+        self._release()
+
+    def _release(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+        if not self._ctx.closed:
+            self._ctx.term()
+
+    def ping(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Round trip to the daemon; returns its version, boot id, workers."""
+        fut: Future[_Pong] = Future()
+        self._pong = fut
+        self._outq.append(("", "", None, None, None, None))  # ping marker
+        self._wake()
+        pong = fut.result(timeout)
+        return msgspec.structs.asdict(pong)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # ---------------------------------------------------------- submission
+    def _submit_one(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
+                    opts: tuple[float | None, int | None]) -> AsyncResult:
+        if self._closing:
+            raise RuntimeError("client is closed")
+        fut = AsyncResult()
+        task_id = f"{self._prefix}{next(self._counter)}"
+        self._pending[task_id] = fut
+        self._outq.append((task_id, name, args, kwargs, opts[0], opts[1]))
+        if self._idle:
+            self._wake()
+        return fut
+
+    def _stream(self, name: str, arg_tuples: Iterable[tuple[Any, ...]],
+                opts: tuple[float | None, int | None]) -> Iterator[tuple[int, _Res]]:
+        """Feed tasks in a bounded window; yield (index, result) as they come."""
+        if self._closing:
+            raise RuntimeError("client is closed")
+        coll = _Collector()
+        it = iter(arg_tuples)
+        index = 0
+        outstanding = 0
+        exhausted = False
+        pending = self._pending
+        outq = self._outq
+        prefix = self._prefix
+        counter = self._counter
+        timeout, attempts = opts
+        while True:
+            while not exhausted and outstanding < STREAM_WINDOW:
+                n = 0
+                for args in itertools.islice(it, MAX_BATCH):
+                    task_id = f"{prefix}{next(counter)}"
+                    pending[task_id] = (coll, index)
+                    outq.append((task_id, name, args, None, timeout, attempts))
+                    index += 1
+                    n += 1
+                if n == 0:
+                    exhausted = True
+                    break
+                outstanding += n
+                if self._idle:
+                    self._wake()
+            if outstanding == 0:
+                return
+            batch = coll.q.get()
+            outstanding -= len(batch)
+            yield from batch
+
+    def _wake(self) -> None:
+        self._idle = False
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already has a wake byte pending, or closed
+
+    # ----------------------------------------------------------- I/O thread
+    def _io_main(self) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        # A stable routing id lets the daemon answer us after a reconnect.
+        sock.setsockopt(zmq.ROUTING_ID, b"c-" + self._prefix.encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        for ep in self._endpoints:
+            sock.connect(ep)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        try:
+            self._io_loop(sock, poller)
+        except BaseException as exc:  # never leave futures hanging silently
+            self._error = exc
+            self._fail_all("ClientError", f"client I/O thread failed: {exc!r}")
+        finally:
+            sock.close(linger=0)
+
+    def _io_loop(self, sock: zmq.Socket[bytes], poller: zmq.Poller) -> None:
+        outq = self._outq
+        while True:
+            if self._stop:
+                self._fail_all("ClientClosed", "client terminated before this task finished")
+                return
+            if outq:
+                self._send_queued(sock)
+            self._recv_all(sock)
+            if self._closing and not self._pending and not outq:
+                return
+            self._idle = True
+            if outq:
+                self._idle = False
+                continue
+            for what, _ in poller.poll(1000):
+                if what == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except (BlockingIOError, OSError):
+                        pass
+            self._idle = False
+
+    def _send_queued(self, sock: zmq.Socket[bytes]) -> None:
+        outq = self._outq
+        while outq:
+            items: list[_TaskOut] = []
+            ids: list[str] = []
+            while outq and len(items) < MAX_BATCH:
+                task_id, name, args, kwargs, timeout, attempts = outq.popleft()
+                if not name:
+                    sock.send(_encoder.encode({"op": "ping"}))
+                    self._inflight_batches.append([])
+                    continue
+                items.append(_TaskOut(name, task_id, args, kwargs, timeout, attempts))
+                ids.append(task_id)
+            if not items:
+                continue
+            try:
+                body = _encoder.encode(_Submit(items))
+            except (TypeError, ValueError, OverflowError):
+                items, ids = self._drop_unencodable(items, ids)
+                if not items:
+                    continue
+                body = _encoder.encode(_Submit(items))
+            sock.send(body, copy=len(body) < 65536)
+            self._inflight_batches.append(ids)
+
+    def _drop_unencodable(self, items: list[_TaskOut], ids: list[str]
+                          ) -> tuple[list[_TaskOut], list[str]]:
+        keep: list[_TaskOut] = []
+        keep_ids: list[str] = []
+        for item, task_id in zip(items, ids):
+            try:
+                _encoder.encode(item)
+            except (TypeError, ValueError, OverflowError) as exc:
+                self._complete_error(task_id, TaskError(
+                    "Unserializable", f"arguments are not MessagePack-serializable: {exc}",
+                    task_id=task_id))
+                continue
+            keep.append(item)
+            keep_ids.append(task_id)
+        return keep, keep_ids
+
+    def _recv_all(self, sock: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                body = sock.recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            try:
+                msg = _decoder.decode(body)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue  # not something we understand; the daemon is newer?
+            if isinstance(msg, _Results):
+                self._on_results(msg.results)
+            elif isinstance(msg, _Ack):
+                if self._inflight_batches:
+                    self._inflight_batches.popleft()
+                for rej in msg.rejected:
+                    if rej.id is not None:
+                        self._complete_error(rej.id, TaskError(
+                            rej.error.type, rej.error.message, task_id=rej.id))
+            elif isinstance(msg, _ErrorReply):
+                ids = self._inflight_batches.popleft() if self._inflight_batches else []
+                for task_id in ids:
+                    self._complete_error(task_id, TaskError(
+                        msg.error.type, msg.error.message, task_id=task_id))
+            elif isinstance(msg, _Pong):
+                if self._inflight_batches:
+                    self._inflight_batches.popleft()
+                if self._pong is not None and not self._pong.done():
+                    self._pong.set_result(msg)
+
+    def _on_results(self, results: list[_Res]) -> None:
+        pending = self._pending
+        touched: list[_Collector] = []
+        for res in results:
+            sink = pending.pop(res.id, None)  # type: ignore[arg-type]
+            if sink is None:
+                continue  # a duplicate answer for an id already settled
+            if sink.__class__ is tuple:
+                coll, index = sink
+                if coll.batch is None:
+                    coll.batch = []
+                    touched.append(coll)
+                coll.batch.append((index, res))
+            elif res.ok:
+                sink.set_result(res.value)
+            else:
+                sink.set_exception(_error_of(res))
+        for coll in touched:
+            batch, coll.batch = coll.batch, None
+            coll.q.put(batch)  # type: ignore[arg-type]
+
+    def _complete_error(self, task_id: str, err: TaskError) -> None:
+        sink = self._pending.pop(task_id, None)
+        if sink is None:
+            return
+        if sink.__class__ is tuple:
+            coll, index = sink
+            coll.q.put([(index, _Res(task_id, "", False, 0, None,
+                                     _Err(err.type, err.message, err.traceback)))])
+        else:
+            sink.set_exception(err)
+
+    def _fail_all(self, type_: str, message: str) -> None:
+        for task_id in list(self._pending):
+            self._complete_error(task_id, TaskError(type_, message, task_id=task_id))
+        self._outq.clear()
+
+
+# ---------------------------------------------------------------- subscriber
+class Message(msgspec.Struct):
+    topic: str
+    body: dict[str, Any]
+
+
+class Subscriber:
+    """Iterate over what phalanxd publishes: ``result.<task>`` and ``event.<kind>``.
+
+        with Subscriber(topics=["event.worker."]) as sub:
+            for msg in sub:
+                print(msg.topic, msg.body)
+
+    ``gaps`` counts messages missed per topic (seen as jumps in ``seq``).
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_PUBLISHER, topics: Iterable[str] = ("",),
+                 timeout: float | None = None) -> None:
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        for topic in topics:
+            self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        self._sock.connect(endpoint)
+        self._timeout_ms = None if timeout is None else int(timeout * 1000)
+        self._last: dict[tuple[str, str], int] = {}
+        self.gaps: dict[str, int] = {}
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    def recv(self, timeout: float | None = None) -> Message | None:
+        """The next message, or None after ``timeout`` seconds."""
+        ms = self._timeout_ms if timeout is None else int(timeout * 1000)
+        if ms is not None and not self._sock.poll(ms):
+            return None
+        topic, body = self._sock.recv_multipart()
+        data = msgspec.msgpack.decode(body)
+        name = topic.decode()
+        key = (data.get("boot", ""), name)
+        seq = data.get("seq")
+        if isinstance(seq, int):
+            last = self._last.get(key)
+            if last is not None and seq > last + 1:
+                self.gaps[name] = self.gaps.get(name, 0) + seq - last - 1
+            self._last[key] = seq
+        return Message(name, data)
+
+    def __iter__(self) -> Iterator[Message]:
+        while True:
+            msg = self.recv()
+            if msg is None:
+                return
+            yield msg
+
+    def results(self) -> Iterator[dict[str, Any]]:
+        """Each published task result on its own (result messages are batched)."""
+        for msg in self:
+            if msg.topic.startswith("result."):
+                yield from msg.body.get("results", [])

@@ -1,0 +1,191 @@
+"""Typed configuration, loaded from TOML and validated by msgspec.
+
+Every section is a frozen ``msgspec.Struct`` with defaults, so an empty file
+is a working configuration. Validation errors are turned into one line that
+names the file, the dotted key and what is wrong, e.g.::
+
+    phalanx.toml: workers.count: Expected `int` >= 0, got -1
+
+Unknown keys are errors too (``forbid_unknown_fields``): a typo in a key
+must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from supervisor.errors import ConfigError
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+ModuleName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class DaemonSection(_Section):
+    # Empty means: $PHALANX_RUNTIME_DIR, else $RUNTIME_DIRECTORY (systemd),
+    # else $XDG_RUNTIME_DIR/phalanx, else /tmp/phalanx-<uid>.
+    runtime_dir: str = ""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+
+class WorkersSection(_Section):
+    count: NonNegInt = 0  # 0: one per CPU
+    start_method: Literal["forkserver", "spawn", "fork"] = "forkserver"
+    # Extra modules to import in the forkserver before any worker forks.
+    preload: list[ModuleName] = []
+    # Upper bound on tasks a worker may hold at once (prefetch window).
+    max_prefetch: PositiveInt = 256
+
+
+class EndpointsSection(_Section):
+    intake: str = "tcp://127.0.0.1:7455"
+    publisher: str = "tcp://127.0.0.1:7456"
+    control: str = ""  # empty: ipc://<runtime_dir>/control.sock
+
+
+class TasksSection(_Section):
+    allow: list[ModuleName] = msgspec.field(default_factory=lambda: ["workers.builtin"])
+    timeout: NonNegFloat = 0.0  # seconds a task may run; 0 means no limit
+    max_attempts: PositiveInt = 3
+    # A task that ran past its timeout is usually slow, not unlucky: by
+    # default it fails at once instead of using its remaining attempts.
+    retry_timeouts: bool = False
+    max_message_bytes: PositiveInt = 16 * 1024 * 1024
+    max_pending: PositiveInt = 1_000_000
+    # Finished results remembered per id so a client that resubmits after a
+    # reconnect gets the same answer instead of a second run.
+    result_cache: NonNegInt = 10_000
+
+
+class RestartSection(_Section):
+    # OTP-style intensity: more than max_restarts within period seconds
+    # sends the slot to BACKOFF.
+    max_restarts: NonNegInt = 20
+    period: PositiveFloat = 10.0
+    backoff_initial: PositiveFloat = 0.1
+    backoff_max: PositiveFloat = 10.0
+    backoff_jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.25
+    # Consecutive backoffs before the slot is FATAL; it retries after
+    # fatal_cooldown seconds (0: stays FATAL until an operator starts it).
+    max_backoffs: PositiveInt = 8
+    fatal_cooldown: NonNegFloat = 60.0
+    # Seconds a new worker may take to say hello before it is killed.
+    start_timeout: PositiveFloat = 30.0
+
+
+class ShutdownSection(_Section):
+    grace: NonNegFloat = 30.0  # drain: wait this long for in-flight tasks
+    stop_timeout: PositiveFloat = 5.0  # SIGTERM -> SIGKILL for one worker
+
+
+class Config(_Section):
+    daemon: DaemonSection = DaemonSection()
+    workers: WorkersSection = WorkersSection()
+    endpoints: EndpointsSection = EndpointsSection()
+    tasks: TasksSection = TasksSection()
+    restart: RestartSection = RestartSection()
+    shutdown: ShutdownSection = ShutdownSection()
+    source: str = ""  # file it came from; not a TOML key users set
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers.count or os.cpu_count() or 1
+
+    @property
+    def runtime_dir(self) -> Path:
+        return resolve_runtime_dir(self.daemon.runtime_dir)
+
+    @property
+    def control_endpoint(self) -> str:
+        return self.endpoints.control or f"ipc://{self.runtime_dir / 'control.sock'}"
+
+
+def resolve_runtime_dir(configured: str) -> Path:
+    if configured:
+        return Path(configured)
+    for var in ("PHALANX_RUNTIME_DIR", "RUNTIME_DIRECTORY"):
+        if value := os.environ.get(var):
+            return Path(value.split(":")[0])
+    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(xdg) / "phalanx"
+    return Path(f"/tmp/phalanx-{os.getuid()}")
+
+
+_ENDPOINT = re.compile(r"^(tcp://[^\s]+:\d+|ipc://[^\s]+|inproc://[^\s]+)$")
+
+
+def _check_endpoints(cfg: Config, where: str) -> None:
+    for key in ("intake", "publisher", "control"):
+        value = getattr(cfg.endpoints, key)
+        if value and not _ENDPOINT.match(value):
+            raise ConfigError(
+                f"{where}: endpoints.{key}: {value!r} is not a ZeroMQ endpoint "
+                "(tcp://HOST:PORT or ipc://PATH)"
+            )
+
+
+def _dotted(path: str) -> str:
+    # msgspec reports "$.workers.count" or "$.tasks.allow[2]"
+    return path.removeprefix("$.").removeprefix("$") or "(top level)"
+
+
+def parse(data: dict[str, Any], where: str = "<config>") -> Config:
+    """Validate an already-parsed TOML mapping."""
+    if "source" in data:
+        raise ConfigError(f"{where}: source: not a configuration key")
+    try:
+        cfg = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        message, _, path = text.rpartition(" - at `")
+        if path:
+            raise ConfigError(f"{where}: {_dotted(path.rstrip('`'))}: {message}") from None
+        raise ConfigError(f"{where}: {text}") from None
+    cfg = msgspec.structs.replace(cfg, source=where)
+    _check_endpoints(cfg, where)
+    if cfg.restart.backoff_max < cfg.restart.backoff_initial:
+        raise ConfigError(f"{where}: restart.backoff_max: must be >= restart.backoff_initial")
+    return cfg
+
+
+def load(path: str | os.PathLike[str] | None) -> Config:
+    """Load and validate a config file; ``None`` gives the built-in defaults."""
+    if path is None:
+        return parse({}, "<defaults>")
+    where = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: invalid TOML: {exc}") from None
+    return parse(data, where)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The effective configuration as plain data (for `phalanxctl config`)."""
+    out: dict[str, Any] = msgspec.to_builtins(cfg)
+    out.pop("source", None)
+    out["workers"]["count"] = cfg.worker_count
+    out["daemon"]["runtime_dir"] = str(cfg.runtime_dir)
+    out["endpoints"]["control"] = cfg.control_endpoint
+    return out

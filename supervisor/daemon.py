@@ -1,0 +1,699 @@
+"""phalanxd: one thread, one poller, everything a file descriptor.
+
+::
+
+    clients (DEALER/REQ) --> [intake ROUTER] ---+
+    phalanxctl ------------> [control ROUTER] --+       +--> slot 0: pipe <=> worker
+    subscribers (SUB) <----- [XPUB] <-----------+       |    sentinel (death)
+                                                |       |
+                                zmq.Poller  <---+-------+--> slot 1: pipe <=> worker
+                                    |                   |    sentinel
+                    signal wakeup fd (SIGTERM, SIGHUP)  +--> ...
+                                    |
+              TaskTable (pure): accept -> queue -> slot -> result
+              policy (pure): restart now | BACKOFF | FATAL
+
+Each turn of the loop: poll (timeout = next timer, task deadline or
+watchdog ping), then handle what is ready in this order: intake and
+control requests, worker results, worker deaths (after reading whatever
+the dead worker managed to write), signals; then timers, task deadlines,
+dispatch of queued work, and one flush of replies and publications, so
+whatever became ready together leaves together as one message per peer.
+
+Nothing here blocks: worker pipes are non-blocking (see workerproc.py),
+sockets are used with NOBLOCK, signal handlers only wake the poller.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import multiprocessing
+import os
+import random
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import zmq
+
+from supervisor import __version__, control, intake, policy
+from supervisor.config import Config
+from supervisor.errors import TIMEOUT, WORKER_CRASHED, StartupError, describe_exit
+from supervisor.notify import Notifier
+from supervisor.protocol import (
+    Batch,
+    Hello,
+    Result,
+    Results,
+    encoder,
+    error_raw,
+    worker_decoder,
+)
+from supervisor.publisher import Publisher
+from supervisor.slots import Slot, SlotState
+from supervisor.tasks import ReplyGroup, Task, TaskTable, plan
+from supervisor.workerproc import PipeBroken, WorkerHandle, reap_group
+
+log = structlog.get_logger("phalanxd")
+S = SlotState
+
+# Handled signals and what each means; the handlers themselves do nothing
+# (Python's C-level handler already wrote the signal number to our fd).
+SIGNAL_ACTIONS: dict[int, str] = {
+    signal.SIGTERM: "drain",
+    signal.SIGINT: "drain",
+    signal.SIGHUP: "reload",
+    signal.SIGUSR1: "reopen_logs",
+}
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.boot = uuid.uuid4().hex[:12]
+        self.started_wall = time.time()
+        self.started_mono = time.monotonic()
+        self.table = TaskTable(cfg.tasks.result_cache)
+        self.slots = [
+            Slot(i, max_window=cfg.workers.max_prefetch) for i in range(cfg.worker_count)
+        ]
+        self.allow = list(cfg.tasks.allow)
+        self.known_tasks: set[str] = set()
+        self.rng = random.Random()
+        self.notifier = Notifier.from_env()
+        self.paused = False
+        self.draining = False
+        self.drain_deadline = 0.0
+        self.stopping_workers = False
+        self.finished = False
+        self.ready_sent = False
+        self.exit_code = 0
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_ids = itertools.count()
+        self._handlers: dict[Any, Callable[[int], None]] = {}
+        self._deaths: list[Slot] = []
+        self._replies: dict[bytes, list[Result]] = {}
+        self._published: dict[str, list[Result]] = {}
+        self._fd_slot: dict[int, Slot] = {}
+        self.unroutable = 0
+        self.ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self.mp = multiprocessing.get_context(cfg.workers.start_method)
+
+    # =========================================================== start-up
+    def start(self) -> None:
+        """Bind everything and start the workers; raises StartupError."""
+        self._prepare_runtime_dir()
+        self.ctx = zmq.Context()
+        self.poller = zmq.Poller()
+        max_bytes = self.cfg.tasks.max_message_bytes
+        try:
+            self.intake = self.ctx.socket(zmq.ROUTER)
+            self.intake.setsockopt(zmq.LINGER, 0)
+            self.intake.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self.intake.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            # Twice our own limit: between the two the client gets a
+            # TooLarge reply; beyond it libzmq drops the peer unread.
+            self.intake.setsockopt(zmq.MAXMSGSIZE, 2 * max_bytes + 4096)
+            self.intake.setsockopt(zmq.SNDHWM, 1_000_000)
+            self.intake.setsockopt(zmq.RCVHWM, 1_000_000)
+            self._bind(self.intake, self.cfg.endpoints.intake, "intake")
+            self.pub_sock = self.ctx.socket(zmq.XPUB)
+            self.pub_sock.setsockopt(zmq.LINGER, 0)
+            self.pub_sock.setsockopt(zmq.SNDHWM, 100_000)
+            self._bind(self.pub_sock, self.cfg.endpoints.publisher, "publisher")
+            self.control = self.ctx.socket(zmq.ROUTER)
+            self.control.setsockopt(zmq.LINGER, 0)
+            self.control.setsockopt(zmq.MAXMSGSIZE, 1024 * 1024)
+            old_umask = os.umask(0o077)  # the ipc socket file is created 0600
+            try:
+                self._bind(self.control, self.cfg.control_endpoint, "control")
+            finally:
+                os.umask(old_umask)
+        except StartupError:
+            self.close_sockets()
+            raise
+        self.publisher = Publisher(self.pub_sock, self.boot)
+        self._watch(self.intake, lambda ev: intake.on_readable(self))
+        self._watch(self.control, lambda ev: control.on_readable(self))
+        self._watch(self.pub_sock, lambda ev: self.publisher.on_readable())
+        self._install_signals()
+        if self.cfg.workers.start_method == "forkserver":
+            preload = ["workers.loop", *self.allow, *self.cfg.workers.preload]
+            self.mp.set_forkserver_preload(preload)  # type: ignore[attr-defined]
+        log.info(
+            "daemon_starting",
+            version=__version__,
+            workers=len(self.slots),
+            intake=self.cfg.endpoints.intake,
+            publisher=self.cfg.endpoints.publisher,
+            control=self.cfg.control_endpoint,
+            config=self.cfg.source,
+        )
+        for slot in self.slots:
+            self.start_slot(slot)
+        self.every(1.0, self._report_status)
+
+    def _prepare_runtime_dir(self) -> None:
+        path = self.cfg.runtime_dir
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            probe = path / f".probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise StartupError(f"runtime directory {path}: {exc.strerror}") from None
+
+    def _bind(self, sock: zmq.Socket[bytes], endpoint: str, what: str) -> None:
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise StartupError(f"cannot bind {what} endpoint {endpoint}: {exc}") from None
+
+    def _install_signals(self) -> None:
+        self._sig_r, self._sig_w = socket.socketpair()
+        self._sig_r.setblocking(False)
+        self._sig_w.setblocking(False)
+        signal.set_wakeup_fd(self._sig_w.fileno(), warn_on_full_buffer=False)
+        for signum in SIGNAL_ACTIONS:
+            signal.signal(signum, _wake_only)
+        self._watch(self._sig_r.fileno(), lambda ev: self._on_signals())
+
+    def _watch(self, what: Any, handler: Callable[[int], None], flags: int = zmq.POLLIN) -> None:
+        self._handlers[what] = handler
+        self.poller.register(what, flags)
+
+    def _unwatch(self, what: Any) -> None:
+        self._handlers.pop(what, None)
+        try:
+            self.poller.unregister(what)
+        except KeyError:
+            pass
+
+    # ============================================================== timers
+    def at(self, when: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (when, next(self._timer_ids), fn))
+
+    def every(self, interval: float, fn: Callable[[], None]) -> None:
+        def tick() -> None:
+            fn()
+            self.at(time.monotonic() + interval, tick)
+
+        self.at(time.monotonic() + interval, tick)
+
+    def _run_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, fn = heapq.heappop(timers)
+            fn()
+
+    def _poll_timeout(self, now: float) -> int | None:
+        when = self._timers[0][0] if self._timers else now + 1.0
+        for slot in self.slots:
+            if slot.inflight:
+                head = slot.inflight[0]
+                if head.timeout > 0:
+                    when = min(when, slot.head_since + head.timeout)
+        wd = self.notifier.next_watchdog_at
+        if wd is not None:
+            when = min(when, wd)
+        if self.draining:
+            when = min(when, now + 0.05)
+        return max(0, int((when - now) * 1000) + 1)
+
+    # ================================================================ loop
+    def run(self) -> int:
+        poll = self.poller.poll
+        handlers = self._handlers
+        monotonic = time.monotonic
+        while not self.finished:
+            events = poll(self._poll_timeout(monotonic()))
+            for what, ev in events:
+                handler = handlers.get(what)
+                if handler is not None:
+                    handler(ev)
+            now = monotonic()
+            if self._deaths:
+                deaths, self._deaths = self._deaths, []
+                for slot in deaths:
+                    self._on_death(slot, now)
+            if self._timers and self._timers[0][0] <= now:
+                self._run_timers(now)
+            self._check_deadlines(now)
+            if self.table.queue:
+                self._dispatch(now)
+            self.flush_output()
+            if self.draining:
+                self._drain_step(now)
+            if self.notifier.watchdog_due(now):
+                self.notifier.watchdog(now)
+        self._shutdown_complete()
+        return self.exit_code
+
+    # ========================================================= worker slots
+    def start_slot(self, slot: Slot) -> None:
+        now = time.monotonic()
+        slot.move(S.STARTING)
+        slot.generation += 1
+        slot.started_at = now
+        slot.running_since = 0.0
+        try:
+            handle = WorkerHandle.spawn(
+                self.mp, slot.index, self.allow, self.cfg.tasks.max_message_bytes
+            )
+        except OSError as exc:
+            log.error("worker_spawn_failed", slot=slot.index, error=str(exc))
+            slot.move(S.EXITED)
+            slot.last_exit = f"spawn failed: {exc}"
+            self._after_exit(slot, now)
+            return
+        slot.handle = handle
+        slot.pid = handle.pid
+        self._fd_slot[handle.fd] = slot
+        self._watch(handle.fd, lambda ev, s=slot: self._on_pipe(s, ev))
+        self._watch(handle.sentinel, lambda ev, s=slot: self._deaths.append(s))
+        generation = slot.generation
+        self.at(now + self.cfg.restart.start_timeout, lambda: self._start_timeout(slot, generation))
+
+    def _start_timeout(self, slot: Slot, generation: int) -> None:
+        if slot.generation == generation and slot.state is S.STARTING and slot.handle:
+            log.warning("worker_start_timeout", slot=slot.index, pid=slot.pid)
+            slot.handle.signal_group(signal.SIGKILL)
+
+    def _on_pipe(self, slot: Slot, ev: int) -> None:
+        handle: WorkerHandle = slot.handle
+        if ev & zmq.POLLOUT:
+            handle.flush()
+            self._update_interest(slot)
+        if not ev & (zmq.POLLIN | zmq.POLLERR):
+            return
+        self._read_worker(slot)
+
+    def _read_worker(self, slot: Slot) -> None:
+        handle: WorkerHandle = slot.handle
+        try:
+            frames = handle.read_frames()
+        except PipeBroken as exc:
+            self._pipe_broken(slot, str(exc))
+            return
+        now = time.monotonic()
+        for frame in frames:
+            try:
+                msg = worker_decoder.decode(frame)
+            except Exception as exc:  # garbage on the pipe: the worker is unusable
+                self._pipe_broken(slot, f"undecodable message: {exc}")
+                return
+            if isinstance(msg, Batch):
+                if not self._on_results(slot, msg, now):
+                    return
+            elif isinstance(msg, Hello):
+                self._on_hello(slot, msg, now)
+
+    def _pipe_broken(self, slot: Slot, why: str) -> None:
+        """The pipe is at EOF or carried garbage; the sentinel reports the death.
+
+        EOF is what a dying worker normally looks like, and its sentinel
+        fires a moment later. A worker that closed its pipe but lives on,
+        or wrote garbage, is unusable: it is killed (its held tasks are then
+        accounted as for any crash).
+        """
+        handle: WorkerHandle = slot.handle
+        self._unwatch(handle.fd)
+        if not handle.eof:
+            log.warning("worker_pipe_garbage", slot=slot.index, pid=slot.pid, why=why)
+            handle.signal_group(signal.SIGKILL)
+            return
+        generation = slot.generation
+
+        def still_alive() -> None:
+            if slot.generation == generation and slot.handle is handle and handle.alive():
+                log.warning("worker_pipe_closed_but_alive", slot=slot.index, pid=slot.pid)
+                handle.signal_group(signal.SIGKILL)
+
+        self.at(time.monotonic() + 0.5, still_alive)
+
+    def _on_hello(self, slot: Slot, hello: Hello, now: float) -> None:
+        if slot.state is not S.STARTING:
+            return
+        slot.move(S.RUNNING)
+        slot.running_since = now
+        self.known_tasks.update(hello.tasks)
+        for error in hello.errors:
+            log.error("task_module_import_failed", slot=slot.index, error=error)
+        log.info("worker_started", slot=slot.index, pid=hello.pid, generation=slot.generation)
+        self.publisher.event(
+            "worker.started", slot=slot.index, pid=hello.pid, generation=slot.generation
+        )
+        if not self.ready_sent and all(s.state is S.RUNNING for s in self.slots):
+            self.ready_sent = True
+            log.info("daemon_ready", workers=len(self.slots), boot=self.boot)
+            self.notifier.ready(self._status_line())
+            self.publisher.event("supervisor.ready", workers=len(self.slots))
+
+    def _on_results(self, slot: Slot, batch: Batch, now: float) -> bool:
+        inflight = slot.inflight
+        replies = self._replies
+        published = self._published
+        done = batch.done
+        if len(done) > len(inflight):
+            self._pipe_broken(slot, "more results than tasks held")
+            return False
+        slot.observe(now, len(done))
+        for d in done:
+            task = inflight.popleft()
+            if task.key != d.key:
+                inflight.appendleft(task)
+                self._pipe_broken(slot, f"result for task {d.key}, expected {task.key}")
+                return False
+            if d.ok:
+                result = Result(task.id, task.name, True, task.attempts + 1, value=d.value)
+                slot.tasks_done += 1
+            else:
+                result = Result(task.id, task.name, False, task.attempts + 1, error=d.value)
+                slot.tasks_failed += 1
+            self._deliver(task, result)
+        slot.head_since = now
+        return True
+
+    def _deliver(self, task: Task, result: Result) -> None:
+        """Queue a task's one result for its submitter and subscribers."""
+        self.table.finish(task, result.ok, result)
+        if task.group is not None:
+            group = task.group
+            group.results.append(result)
+            group.waiting -= 1
+            if group.waiting == 0:
+                self.send_reply(group.route, encoder.encode(Results(group.results)), req=True)
+        elif task.route is not None:
+            bucket = self._replies.get(task.route)
+            if bucket is None:
+                self._replies[task.route] = [result]
+            else:
+                bucket.append(result)
+        bucket2 = self._published.get(task.name)
+        if bucket2 is None:
+            self._published[task.name] = [result]
+        else:
+            bucket2.append(result)
+
+    def fail_task(self, task: Task, type_: str, message: str) -> None:
+        result = Result(task.id, task.name, False, max(task.attempts, 1), error=error_raw(type_, message))
+        self._deliver(task, result)
+
+    def _on_death(self, slot: Slot, now: float) -> None:
+        handle: WorkerHandle | None = slot.handle
+        if handle is None:
+            return
+        if not handle.conn.closed and handle.fd in self._handlers:
+            self._read_worker(slot)  # results written before dying still count
+        exitcode = handle.exitcode()
+        how = describe_exit(exitcode)
+        self._unwatch(handle.fd)
+        self._unwatch(handle.sentinel)
+        self._fd_slot.pop(handle.fd, None)
+        handle.release()
+        reap_group(handle.pid)  # grandchildren the task left behind
+        slot.handle = None
+        pid, slot.pid = slot.pid, None
+        slot.last_exit = how
+        timed_out, slot.timed_out = slot.timed_out, None
+        if slot.state is S.STOPPING:
+            self.table.requeue(slot)
+            slot.move(S.STOPPED)
+            log.info("worker_stopped", slot=slot.index, pid=pid, exit=how)
+            self.publisher.event("worker.stopped", slot=slot.index, pid=pid, exit=how)
+            return
+        slot.move(S.EXITED)
+        log.warning("worker_exited", slot=slot.index, pid=pid, exit=how, exitcode=exitcode)
+        self.publisher.event(
+            "worker.exited", slot=slot.index, pid=pid, exit=how, exitcode=exitcode
+        )
+        charge = self.table.charge_death(slot)
+        if charge is not None:
+            task = charge.task
+            if timed_out is not None and timed_out == task.key:
+                reason, kind = f"task ran past its {task.timeout:g}s timeout", TIMEOUT
+                crash_detail = f"{reason}; worker {slot.index} (pid {pid}) was killed"
+            else:
+                kind = WORKER_CRASHED
+                crash_detail = (
+                    f"worker {slot.index} (pid {pid}) died with {how} while running this task"
+                )
+            retry = charge.retry and (kind != TIMEOUT or self.cfg.tasks.retry_timeouts)
+            if retry:
+                log.info("task_retried", id=task.id, task=task.name, attempt=task.attempts, why=crash_detail)
+                self.publisher.event(
+                    "task.retried", id=task.id, task=task.name, attempts=task.attempts,
+                    reason=kind, exit=how, slot=slot.index,
+                )
+            else:
+                if charge.retry:  # a timeout that we chose not to retry
+                    self.table.queue.remove(task)
+                    self.table.retried -= 1
+                if kind == TIMEOUT and charge.retry:
+                    message = f"{crash_detail} (timeouts are not retried: tasks.retry_timeouts)"
+                else:
+                    message = f"{crash_detail} (attempt {task.attempts} of {task.max_attempts})"
+                if kind == WORKER_CRASHED and task.crashes >= 2:
+                    self.table.quarantined += 1
+                    log.warning("task_quarantined", id=task.id, task=task.name, crashes=task.crashes)
+                    self.publisher.event(
+                        "task.quarantined", id=task.id, task=task.name, crashes=task.crashes, exit=how
+                    )
+                    message += f"; quarantined after killing {task.crashes} workers"
+                self.fail_task(task, kind, message)
+        self._after_exit(slot, now)
+
+    def _after_exit(self, slot: Slot, now: float) -> None:
+        if self.stopping_workers:
+            slot.move(S.STOPPED)
+            return
+        if policy.stable(slot, now, self.cfg.restart):
+            slot.backoffs = 0
+        decision = policy.decide(slot, now, self.cfg.restart, self.rng)
+        slot.restart_count += 1
+        if decision.action == "restart":
+            self.start_slot(slot)
+        elif decision.action == "backoff":
+            slot.move(S.BACKOFF)
+            slot.backoffs += 1
+            log.warning("worker_backoff", slot=slot.index, delay=round(decision.delay, 3), backoffs=slot.backoffs)
+            self.publisher.event("worker.backoff", slot=slot.index, delay=decision.delay, backoffs=slot.backoffs)
+            self.at(now + decision.delay, lambda: self._leave_backoff(slot))
+        else:
+            slot.move(S.FATAL)
+            log.error("worker_fatal", slot=slot.index, cooldown=decision.delay)
+            self.publisher.event("worker.fatal", slot=slot.index, cooldown=decision.delay)
+            if decision.delay > 0:
+                self.at(now + decision.delay, lambda: self._leave_fatal(slot))
+
+    def _leave_backoff(self, slot: Slot) -> None:
+        if slot.state is S.BACKOFF and not self.stopping_workers:
+            self.start_slot(slot)
+
+    def _leave_fatal(self, slot: Slot) -> None:
+        if slot.state is S.FATAL and not self.stopping_workers:
+            slot.backoffs = 0
+            slot.restarts.clear()
+            log.info("worker_fatal_cooldown_over", slot=slot.index)
+            self.start_slot(slot)
+
+    def _check_deadlines(self, now: float) -> None:
+        for slot in self.slots:
+            if not slot.inflight or slot.handle is None:
+                continue
+            head = slot.inflight[0]
+            if head.timeout > 0 and now >= slot.head_since + head.timeout:
+                if slot.timed_out == head.key:
+                    continue  # already killed; waiting for its sentinel
+                slot.timed_out = head.key
+                log.warning("task_timeout", id=head.id, task=head.name, slot=slot.index, timeout=head.timeout)
+                slot.handle.signal_group(signal.SIGKILL)
+
+    # ============================================================ dispatch
+    def _dispatch(self, now: float) -> None:
+        table = self.table
+        for slot, n in plan(len(table.queue), self.slots):
+            was_idle = not slot.inflight
+            tasks = table.assign(slot, n)
+            if was_idle:
+                slot.head_since = now
+            handle: WorkerHandle = slot.handle
+            handle.write(encoder.encode([(t.key, t.name, t.args, t.kwargs) for t in tasks]))
+            if handle.wants_write:
+                self._update_interest(slot)
+
+    def _update_interest(self, slot: Slot) -> None:
+        handle: WorkerHandle | None = slot.handle
+        if handle is None or handle.fd not in self._handlers:
+            return
+        flags = zmq.POLLIN | (zmq.POLLOUT if handle.wants_write else 0)
+        self.poller.modify(handle.fd, flags)
+
+    # ============================================================== output
+    def send_reply(self, route: bytes, body: bytes, req: bool = False) -> None:
+        frames = (route, b"", body) if req else (route, body)
+        try:
+            self.intake.send_multipart(frames, zmq.NOBLOCK, copy=len(body) < 65536)
+        except zmq.ZMQError as exc:
+            # EHOSTUNREACH: the client is gone; EAGAIN: it stopped reading.
+            # Either way the result is still published.
+            self.unroutable += 1
+            if self.unroutable & (self.unroutable - 1) == 0:  # log 1, 2, 4, 8...
+                log.warning("reply_unroutable", error=str(exc), count=self.unroutable)
+
+    def flush_output(self) -> None:
+        if self._replies:
+            replies, self._replies = self._replies, {}
+            for route, results in replies.items():
+                self.send_reply(route, encoder.encode(Results(results)))
+        if self._published:
+            published, self._published = self._published, {}
+            for name, results in published.items():
+                self.publisher.results(name, results)
+
+    # ============================================================= signals
+    def _on_signals(self) -> None:
+        try:
+            data = self._sig_r.recv(4096)
+        except BlockingIOError:
+            return
+        for signum in data:
+            action = SIGNAL_ACTIONS.get(signum)
+            log.info("signal_received", signal=signal.Signals(signum).name, action=action)
+            if action == "drain":
+                if self.draining:
+                    self.stop_now()
+                else:
+                    self.begin_drain()
+            elif action == "reload":
+                self.reload()
+            elif action == "reopen_logs":
+                pass  # logs go to stderr/journald; nothing to reopen yet
+
+    def reload(self) -> None:
+        self.notifier.reloading()
+        self.publisher.event("supervisor.reloading")
+        log.info("reload_requested", note="configuration reload not applied by this version")
+        self.notifier.ready(self._status_line())
+
+    # ============================================================ shutdown
+    def begin_drain(self) -> None:
+        """Stop intake, let queued and running work finish within the grace."""
+        if self.draining:
+            return
+        self.draining = True
+        self.drain_deadline = time.monotonic() + self.cfg.shutdown.grace
+        self.notifier.stopping()
+        log.info("drain_started", unfinished=len(self.table), grace=self.cfg.shutdown.grace)
+        self.publisher.event("supervisor.stopping", unfinished=len(self.table))
+
+    def _drain_step(self, now: float) -> None:
+        if self.stopping_workers:
+            if all(s.handle is None for s in self.slots):
+                self.finished = True
+            return
+        if len(self.table) and now < self.drain_deadline:
+            return
+        self._fail_unfinished("daemon stopped before this task finished; resubmit it")
+        self._stop_workers(now)
+
+    def _fail_unfinished(self, why: str) -> None:
+        from supervisor.errors import ShuttingDown
+
+        for slot in self.slots:
+            self.table.requeue(slot)
+        self.table.queue.clear()
+        for task in self.table.unfinished():
+            self.fail_task(task, ShuttingDown.type, why)
+        self.flush_output()
+
+    def _stop_workers(self, now: float) -> None:
+        self.stopping_workers = True
+        for slot in self.slots:
+            if slot.handle is None:
+                if slot.state in (S.BACKOFF, S.FATAL, S.EXITED):
+                    slot.move(S.STOPPED)
+                continue
+            slot.move(S.STOPPING)
+            slot.handle.close_pipe()  # a healthy worker exits on EOF
+            self._unwatch(slot.handle.fd)
+            slot.handle.signal_group(signal.SIGTERM)
+            generation = slot.generation
+            self.at(now + self.cfg.shutdown.stop_timeout, lambda s=slot, g=generation: self._kill_late(s, g))
+
+    def _kill_late(self, slot: Slot, generation: int) -> None:
+        if slot.handle is not None and slot.generation == generation:
+            log.warning("worker_stop_timeout_sigkill", slot=slot.index, pid=slot.pid)
+            slot.handle.signal_group(signal.SIGKILL)
+
+    def stop_now(self) -> None:
+        """Second SIGTERM: no more grace."""
+        log.warning("stop_immediately")
+        self.draining = True
+        self._fail_unfinished("daemon stopped immediately; resubmit this task")
+        self.stopping_workers = True
+        for slot in self.slots:
+            if slot.handle is not None:
+                slot.handle.signal_group(signal.SIGKILL)
+                if slot.state is not S.STOPPING:
+                    slot.move(S.STOPPING)
+            elif slot.state in (S.BACKOFF, S.FATAL, S.EXITED):
+                slot.move(S.STOPPED)
+
+    def _shutdown_complete(self) -> None:
+        log.info("daemon_stopped", succeeded=self.table.succeeded, failed=self.table.failed)
+        self.publisher.event("supervisor.stopped")
+        self.close_sockets()
+        _stop_forkserver()
+        signal.set_wakeup_fd(-1)
+        self._sig_r.close()
+        self._sig_w.close()
+        self.notifier.close()
+
+    def close_sockets(self) -> None:
+        for name in ("intake", "pub_sock", "control"):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close(linger=0)
+        if self.ctx is not None:
+            self.ctx.term()
+            self.ctx = None
+        endpoint = self.cfg.control_endpoint
+        if endpoint.startswith("ipc://"):
+            try:
+                os.unlink(endpoint[len("ipc://"):])
+            except OSError:
+                pass
+
+    # ============================================================== status
+    def _status_line(self) -> str:
+        up = sum(1 for s in self.slots if s.state is S.RUNNING)
+        return (
+            f"workers {up}/{len(self.slots)} up, queue {self.table.queued}, "
+            f"in flight {len(self.table) - self.table.queued}, done {self.table.succeeded + self.table.failed}"
+        )
+
+    def _report_status(self) -> None:
+        self.notifier.status(self._status_line())
+
+
+def _wake_only(signum: int, frame: object) -> None:
+    """Signal handler: nothing. The wakeup fd already woke the loop."""
+
+
+def _stop_forkserver() -> None:
+    # The forkserver would exit on its own when we do; stopping it here
+    # means "no child left behind" holds the moment run() returns.
+    from multiprocessing import forkserver
+
+    stop = getattr(forkserver._forkserver, "_stop", None)  # type: ignore[attr-defined]
+    if stop is not None:
+        try:
+            stop()
+        except Exception:
+            pass

@@ -1,0 +1,192 @@
+"""Intake: clients submit tasks on a ROUTER socket.
+
+Frames as received (ROUTER prepends the peer's routing id)::
+
+    DEALER:  [routing_id, body]        -> ack now, results as they finish
+    REQ:     [routing_id, b"", body]   -> one reply: every result of the request
+
+A request is checked whole before anything in it is accepted, then each task
+is accepted or rejected on its own; nothing a client sends can stop the loop
+or change another client's work.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+import zmq
+
+from supervisor import __version__
+from supervisor.errors import (
+    BadRequest,
+    NotAllowed,
+    Overloaded,
+    Paused,
+    RequestError,
+    ShuttingDown,
+    TooLarge,
+    UnknownTask,
+)
+from supervisor.protocol import (
+    PROTOCOL_VERSION,
+    NO_ARGS,
+    NO_KWARGS,
+    Ack,
+    ErrorReply,
+    Ping,
+    Pong,
+    Rejected,
+    Result,
+    Results,
+    Submit,
+    TaskIn,
+    encoder,
+    error_raw,
+    intake_decoder,
+    is_array,
+    is_map,
+)
+from supervisor.tasks import ReplyGroup, Task
+from workers.registry import module_of
+
+if TYPE_CHECKING:
+    from supervisor.daemon import Daemon
+
+# Requests handled per wake-up before the loop tends to workers again.
+BUDGET = 512
+
+
+def on_readable(d: Daemon) -> None:
+    sock = d.intake
+    for _ in range(BUDGET):
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        handle(d, frames)
+
+
+def handle(d: Daemon, frames: list[bytes]) -> None:
+    route = frames[0]
+    if len(frames) == 3 and not frames[1]:
+        req, body = True, frames[2]
+    elif len(frames) == 2:
+        req, body = False, frames[1]
+    else:
+        _refuse(d, route, len(frames) >= 2 and not frames[1], BadRequest(
+            f"expected 1 body frame (DEALER) or an empty delimiter and 1 body frame (REQ), "
+            f"got {len(frames) - 1} frames"
+        ))
+        return
+    limit = d.cfg.tasks.max_message_bytes
+    if len(body) > limit:
+        _refuse(d, route, req, TooLarge(f"message is {len(body)} bytes, limit is {limit}"))
+        return
+    try:
+        request = intake_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        _refuse(d, route, req, BadRequest(f"invalid request: {exc}"))
+        return
+    except msgspec.DecodeError as exc:
+        _refuse(d, route, req, BadRequest(f"body is not MessagePack: {exc}"))
+        return
+    if isinstance(request, Ping):
+        pong = Pong(__version__, PROTOCOL_VERSION, d.boot, len(d.slots))
+        d.send_reply(route, encoder.encode(pong), req)
+    elif isinstance(request, Submit):
+        submit(d, route, req, request)
+
+
+def _refuse(d: Daemon, route: bytes, req: bool, err: RequestError) -> None:
+    d.send_reply(route, encoder.encode(ErrorReply(error_raw(err.type, err.message))), req)
+
+
+def check(d: Daemon, spec: TaskIn) -> None:
+    """Raise the RequestError that refuses this task, if any."""
+    if d.draining:
+        raise ShuttingDown("daemon is shutting down; submit to another instance")
+    if d.paused:
+        raise Paused("intake is paused by the operator")
+    name = spec.task
+    module, sep, fn = name.partition(":")
+    if not sep or not module or not fn:
+        raise BadRequest(f"task name {name!r} is not 'module:function'")
+    if module not in d.allow:
+        raise NotAllowed(f"module {module!r} is not in tasks.allow")
+    if d.known_tasks and name not in d.known_tasks:
+        raise UnknownTask(f"no task named {name!r}")
+    if not is_array(spec.args):
+        raise BadRequest("args must be an array")
+    if not is_map(spec.kwargs):
+        raise BadRequest("kwargs must be a map")
+    if spec.timeout is not None and not spec.timeout >= 0:
+        raise BadRequest("timeout must be a number >= 0")
+    if spec.max_attempts is not None and spec.max_attempts < 1:
+        raise BadRequest("max_attempts must be >= 1")
+    if len(d.table) >= d.cfg.tasks.max_pending:
+        raise Overloaded(f"{len(d.table)} tasks pending, limit {d.cfg.tasks.max_pending}")
+
+
+def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
+    table = d.table
+    defaults = d.cfg.tasks
+    accepted: list[str] = []
+    rejected: list[Rejected] = []
+    group = ReplyGroup(route) if req else None
+    replays: list[Result] = []
+    for spec in request.tasks:
+        try:
+            check(d, spec)
+        except RequestError as err:
+            error = error_raw(err.type, err.message)
+            if group is not None:
+                group.results.append(Result(spec.id, spec.task, False, 0, error=error))
+            else:
+                rejected.append(Rejected(spec.id, error))
+            continue
+        task_id = spec.id
+        if task_id is not None:
+            existing = table.by_id.get(task_id)
+            if existing is not None:
+                # Same id again (a client retrying after a reconnect): one
+                # run, and the answer goes to the latest submitter.
+                existing.route = None if req else route
+                if group is not None:
+                    existing.group = group
+                    group.waiting += 1
+                accepted.append(task_id)
+                continue
+            cached = table.cached_result(task_id)
+            if isinstance(cached, Result):
+                accepted.append(task_id)
+                if group is not None:
+                    group.results.append(cached)
+                else:
+                    replays.append(cached)
+                continue
+        key = table.next_key()
+        if task_id is None:
+            task_id = f"{d.boot}-{key}"
+        task = Task(
+            key,
+            task_id,
+            spec.task,
+            spec.args or NO_ARGS,
+            spec.kwargs or NO_KWARGS,
+            None if req else route,
+            spec.max_attempts or defaults.max_attempts,
+            defaults.timeout if spec.timeout is None else spec.timeout,
+            group,
+        )
+        if group is not None:
+            group.waiting += 1
+        table.add(task)
+        accepted.append(task_id)
+    if group is not None:
+        if group.waiting == 0:
+            d.send_reply(route, encoder.encode(Results(group.results)), req=True)
+        return
+    d.send_reply(route, encoder.encode(Ack(accepted, rejected)))
+    if replays:
+        d.send_reply(route, encoder.encode(Results(replays)))

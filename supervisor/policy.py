@@ -1,0 +1,47 @@
+"""Restart decisions: pure functions of a slot's history and the config.
+
+OTP's restart intensity: a slot may restart at most ``max_restarts`` times
+in any ``period`` seconds. Past that, it waits in BACKOFF for an
+exponentially growing, jittered delay (jitter so that slots broken by the
+same cause do not retry in lockstep). After ``max_backoffs`` consecutive
+backoffs the slot is FATAL; it tries again after ``fatal_cooldown``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+from supervisor.config import RestartSection
+from supervisor.slots import Slot
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Literal["restart", "backoff", "fatal"]
+    delay: float = 0.0
+
+
+def record_restart(slot: Slot, now: float, period: float) -> None:
+    slot.restarts.append(now)
+    while slot.restarts and now - slot.restarts[0] > period:
+        slot.restarts.popleft()
+
+
+def decide(slot: Slot, now: float, policy: RestartSection, rng: random.Random) -> Decision:
+    """What to do with a slot whose worker just died."""
+    record_restart(slot, now, policy.period)
+    if len(slot.restarts) <= policy.max_restarts:
+        return Decision("restart")
+    if slot.backoffs >= policy.max_backoffs:
+        return Decision("fatal", policy.fatal_cooldown)
+    base = min(policy.backoff_max, policy.backoff_initial * (2**slot.backoffs))
+    spread = base * policy.backoff_jitter
+    delay = max(0.0, base + rng.uniform(-spread, spread))
+    return Decision("backoff", delay)
+
+
+def stable(slot: Slot, now: float, policy: RestartSection) -> bool:
+    """A worker that has run a whole period without dying resets backoff."""
+    return slot.running_since > 0 and now - slot.running_since >= policy.period

@@ -1,0 +1,153 @@
+"""Wire formats: intake, publisher and the supervisor <-> worker pipe.
+
+docs/PROTOCOL.md is the normative description for client authors; this
+module is its executable twin. Everything is MessagePack (never pickle).
+
+Why ``msgspec.Raw``: a task's ``args``/``kwargs`` and a result's ``value``
+are ordinary MessagePack values on the wire, so a client in any language
+writes them inline. The daemon declares those fields as ``Raw``, which keeps
+the exact bytes without decoding them, and encoding a ``Raw`` splices the
+bytes back in. The supervisor therefore routes payloads it never decodes:
+only the worker decodes arguments and only the worker encodes results.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import msgspec
+
+EMPTY = msgspec.Raw()
+# What an absent args/kwargs becomes before it travels to a worker.
+NO_ARGS = msgspec.Raw(b"\x90")  # []
+NO_KWARGS = msgspec.Raw(b"\x80")  # {}
+PROTOCOL_VERSION = 1
+
+# ---------------------------------------------------------------- intake
+
+
+class TaskIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    task: str
+    id: str | None = None
+    args: msgspec.Raw = EMPTY  # MessagePack array
+    kwargs: msgspec.Raw = EMPTY  # MessagePack map with str keys
+    timeout: float | None = None  # seconds; overrides tasks.timeout
+    max_attempts: int | None = None  # overrides tasks.max_attempts
+
+
+class Submit(msgspec.Struct, tag_field="op", tag="submit", forbid_unknown_fields=True):
+    tasks: list[TaskIn]
+
+
+class Ping(msgspec.Struct, tag_field="op", tag="ping", forbid_unknown_fields=True):
+    pass
+
+
+IntakeRequest = Union[Submit, Ping]
+
+
+class Rejected(msgspec.Struct):
+    id: str | None
+    error: msgspec.Raw
+
+
+class Ack(msgspec.Struct, tag_field="op", tag="ack"):
+    accepted: list[str]
+    rejected: list[Rejected]
+
+
+class Result(msgspec.Struct, omit_defaults=True):
+    id: str | None
+    task: str
+    ok: bool
+    attempts: int = 0
+    value: msgspec.Raw = EMPTY  # set when ok
+    error: msgspec.Raw = EMPTY  # set when not ok
+
+
+class Results(msgspec.Struct, tag_field="op", tag="results"):
+    results: list[Result]
+
+
+class Pong(msgspec.Struct, tag_field="op", tag="pong"):
+    version: str
+    protocol: int
+    boot: str
+    workers: int
+
+
+class ErrorReply(msgspec.Struct, tag_field="op", tag="error"):
+    error: msgspec.Raw
+
+
+# ------------------------------------------------------------- publisher
+
+
+class PublishedResults(msgspec.Struct):
+    seq: int  # per topic, starts at 1: a jump means messages were missed
+    gseq: int  # per daemon, across all topics
+    boot: str  # changes when the daemon restarts (sequences restart too)
+    results: list[Result]
+
+
+# ---------------------------------------------------------- worker pipe
+# Internal to one host; array_like keeps it compact and fast to decode.
+
+
+class Work(msgspec.Struct, array_like=True):
+    key: int
+    task: str
+    args: msgspec.Raw
+    kwargs: msgspec.Raw
+
+
+class Done(msgspec.Struct, array_like=True):
+    key: int
+    ok: bool
+    value: msgspec.Raw  # the result, or an error map when not ok
+
+
+class Hello(msgspec.Struct, tag="hello", array_like=True):
+    pid: int
+    tasks: list[str]
+    errors: list[str]  # modules that failed to import, with the reason
+
+
+class Batch(msgspec.Struct, tag="done", array_like=True):
+    done: list[Done]
+
+
+WorkerMessage = Union[Hello, Batch]
+
+# ------------------------------------------------------------- helpers
+
+encoder = msgspec.msgpack.Encoder()
+intake_decoder = msgspec.msgpack.Decoder(IntakeRequest)  # type: ignore[var-annotated]
+worker_decoder = msgspec.msgpack.Decoder(WorkerMessage)  # type: ignore[var-annotated]
+
+
+def error_map(type_: str, message: str, traceback: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": type_, "message": message}
+    if traceback:
+        out["traceback"] = traceback
+    return out
+
+
+def error_raw(type_: str, message: str, traceback: str | None = None) -> msgspec.Raw:
+    return msgspec.Raw(encoder.encode(error_map(type_, message, traceback)))
+
+
+# First byte of a MessagePack value tells its family; checking it lets the
+# daemon refuse wrong-typed args without decoding them.
+def is_array(raw: msgspec.Raw) -> bool:
+    if not raw:
+        return True  # absent: no positional arguments
+    b = memoryview(raw)[0]
+    return 0x90 <= b <= 0x9F or b in (0xDC, 0xDD)
+
+
+def is_map(raw: msgspec.Raw) -> bool:
+    if not raw:
+        return True
+    b = memoryview(raw)[0]
+    return 0x80 <= b <= 0x8F or b in (0xDE, 0xDF)

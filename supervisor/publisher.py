@@ -1,0 +1,99 @@
+"""The publisher: every result and lifecycle event, on topics, numbered.
+
+An XPUB socket rather than PUB, because XPUB tells us what subscribers
+asked for: with nobody subscribed to ``result.`` the daemon skips encoding
+results a second time, which is most of the publisher's cost at high
+throughput. Slow subscribers never block us: a full high-water mark drops
+for that subscriber only, and the drop is theirs to see as a ``seq`` gap.
+
+Frames: ``[topic, body]``. ``body`` is a MessagePack map with ``seq``
+(per topic, from 1), ``gseq`` (per daemon) and ``boot`` (this daemon's
+run), so a subscriber detects gaps per topic and restarts of the daemon.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import msgspec
+import zmq
+
+from supervisor.protocol import PublishedResults, Result, encoder
+
+
+class Publisher:
+    def __init__(self, sock: zmq.Socket[bytes], boot: str) -> None:
+        self.sock = sock
+        self.boot = boot
+        self.gseq = 0
+        self._seq: dict[bytes, int] = {}
+        self._subs: Counter[bytes] = Counter()
+        self._wanted: dict[bytes, bool] = {}
+        self.sent = 0
+        self.dropped = 0
+
+    # ------------------------------------------------------- subscriptions
+    def on_readable(self) -> None:
+        """Drain subscribe/unsubscribe notifications from XPUB."""
+        while True:
+            try:
+                msg = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not msg:
+                continue
+            prefix = bytes(msg[1:])
+            if msg[0] == 1:
+                self._subs[prefix] += 1
+            elif msg[0] == 0 and self._subs[prefix] > 0:
+                self._subs[prefix] -= 1
+                if not self._subs[prefix]:
+                    del self._subs[prefix]
+            self._wanted.clear()
+
+    def wanted(self, topic: bytes) -> bool:
+        hit = self._wanted.get(topic)
+        if hit is None:
+            hit = any(topic.startswith(p) for p in self._subs)
+            self._wanted[topic] = hit
+        return hit
+
+    # ------------------------------------------------------------ sending
+    def _next(self, topic: bytes) -> tuple[int, int]:
+        seq = self._seq.get(topic, 0) + 1
+        self._seq[topic] = seq
+        self.gseq += 1
+        return seq, self.gseq
+
+    def _send(self, topic: bytes, body: bytes) -> None:
+        try:
+            self.sock.send_multipart((topic, body), zmq.NOBLOCK, copy=len(body) < 65536)
+            self.sent += 1
+        except zmq.Again:
+            self.dropped += 1
+
+    def results(self, task_name: str, results: list[Result]) -> None:
+        topic = b"result." + task_name.encode()
+        seq, gseq = self._next(topic)
+        if not self.wanted(topic):
+            return
+        self._send(topic, encoder.encode(PublishedResults(seq, gseq, self.boot, results)))
+
+    def event(self, kind: str, **fields: Any) -> None:
+        topic = b"event." + kind.encode()
+        seq, gseq = self._next(topic)
+        if not self.wanted(topic):
+            return
+        body = {"seq": seq, "gseq": gseq, "boot": self.boot, "kind": kind, "time": time.time()}
+        body.update(fields)
+        try:
+            payload = encoder.encode(body)
+        except TypeError:
+            payload = encoder.encode({k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in body.items()})
+        self._send(topic, payload)
+
+
+def decode_body(body: bytes) -> Any:
+    return msgspec.msgpack.decode(body)

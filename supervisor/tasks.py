@@ -1,0 +1,201 @@
+"""The task table: every accepted task, from acceptance to its one result.
+
+    accept -> queue -> assign(slot) -> running -> done | failed
+                ^                         |
+                +---- retry (charged) ----+  worker died while running it
+                +---- requeue (free) -----+  worker died while it waited
+
+Every state change of a task goes through this table, which is where a
+write-ahead journal will hook in. The table is pure: no sockets, no
+processes, so its rules are unit-tested in microseconds.
+
+Crash accounting with prefetch: a worker runs its tasks in the order it got
+them, so when it dies the oldest unanswered task is the one it was running.
+Only that task is charged an attempt; the rest go back to the front of the
+queue as they were. A task whose result has arrived is never run again.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import msgspec
+
+from supervisor.slots import Slot
+
+
+class Task:
+    """One accepted task. Slotted and plain: this is on the hot path."""
+
+    __slots__ = (
+        "key", "id", "name", "args", "kwargs", "route", "group",
+        "attempts", "crashes", "max_attempts", "timeout", "slot",
+    )
+
+    def __init__(
+        self,
+        key: int,
+        id: str,
+        name: str,
+        args: msgspec.Raw,
+        kwargs: msgspec.Raw,
+        route: bytes | None,
+        max_attempts: int,
+        timeout: float,
+        group: ReplyGroup | None = None,
+    ) -> None:
+        self.key = key
+        self.id = id
+        self.name = name
+        self.args = args
+        self.kwargs = kwargs
+        self.route = route  # intake identity to answer, None once it is gone
+        self.group = group  # set for request/reply (REQ) submitters
+        self.attempts = 0  # runs started and charged (crash or timeout)
+        self.crashes = 0
+        self.max_attempts = max_attempts
+        self.timeout = timeout
+        self.slot: int | None = None
+
+
+class ReplyGroup:
+    """Collects a REQ submitter's results: REQ allows one reply per request."""
+
+    __slots__ = ("route", "results", "waiting")
+
+    def __init__(self, route: bytes) -> None:
+        self.route = route
+        self.results: list[object] = []
+        self.waiting = 0
+
+
+@dataclass(slots=True)
+class Charge:
+    """What a worker's death means for the task it was running."""
+
+    task: Task
+    retry: bool  # True: requeued at the front; False: attempts used up
+
+
+class TaskTable:
+    def __init__(self, result_cache: int = 100_000) -> None:
+        self.by_key: dict[int, Task] = {}
+        self.by_id: dict[str, Task] = {}
+        self.queue: deque[Task] = deque()
+        self._keys = itertools.count(1)
+        self._cache: OrderedDict[str, object] = OrderedDict()
+        self._cache_size = result_cache
+        self.accepted = 0
+        self.succeeded = 0
+        self.failed = 0
+        self.retried = 0
+        self.quarantined = 0
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+    @property
+    def queued(self) -> int:
+        return len(self.queue)
+
+    def next_key(self) -> int:
+        return next(self._keys)
+
+    def add(self, task: Task) -> None:
+        self.by_key[task.key] = task
+        self.by_id[task.id] = task
+        self.queue.append(task)
+        self.accepted += 1
+
+    def cached_result(self, task_id: str) -> object | None:
+        return self._cache.get(task_id)
+
+    def assign(self, slot: Slot, n: int) -> list[Task]:
+        """Move up to ``n`` queued tasks onto ``slot``; return them."""
+        queue = self.queue
+        n = min(n, len(queue))
+        taken = [queue.popleft() for _ in range(n)]
+        index = slot.index
+        for task in taken:
+            task.slot = index
+        slot.inflight.extend(taken)
+        return taken
+
+    def finish(self, task: Task, ok: bool, result: object | None = None) -> None:
+        """The task's one result is out: forget it (remember the answer)."""
+        del self.by_key[task.key]
+        if self.by_id.get(task.id) is task:
+            del self.by_id[task.id]
+        if ok:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+        if result is not None and self._cache_size:
+            cache = self._cache
+            cache[task.id] = result
+            if len(cache) > self._cache_size:
+                cache.popitem(last=False)
+
+    def charge_death(self, slot: Slot) -> Charge | None:
+        """A slot's worker died: charge its running task, requeue the rest.
+
+        Returns the charge for the running task (None if it held none).
+        """
+        held = slot.inflight
+        slot.inflight = deque()
+        if not held:
+            return None
+        running = held.popleft()
+        for task in held:
+            task.slot = None
+        # Uncharged tasks keep their place at the front, in their order.
+        self.queue.extendleft(reversed(held))
+        running.slot = None
+        running.attempts += 1
+        running.crashes += 1
+        if running.attempts < running.max_attempts:
+            self.queue.appendleft(running)
+            self.retried += 1
+            return Charge(running, retry=True)
+        return Charge(running, retry=False)
+
+    def requeue(self, slot: Slot) -> int:
+        """Hand every task a slot holds back to the queue, uncharged."""
+        held = slot.inflight
+        slot.inflight = deque()
+        for task in held:
+            task.slot = None
+        self.queue.extendleft(reversed(held))
+        return len(held)
+
+    def drop_route(self, route: bytes) -> None:
+        for task in self.by_key.values():
+            if task.route == route:
+                task.route = None
+
+    def unfinished(self) -> Iterable[Task]:
+        return list(self.by_key.values())
+
+
+def plan(queued: int, slots: list[Slot]) -> list[tuple[Slot, int]]:
+    """How many queued tasks to hand to each slot right now.
+
+    Each slot takes up to its free window, but no more than a fair share of
+    the queue, so ten slow tasks and two idle workers split five and five
+    instead of ten and zero.
+    """
+    ready = [s for s in slots if s.free > 0]
+    if not ready or not queued:
+        return []
+    share = -(-queued // len(ready))  # ceil
+    out = []
+    for slot in ready:
+        n = min(slot.free, share, queued)
+        if n <= 0:
+            break
+        out.append((slot, n))
+        queued -= n
+    return out

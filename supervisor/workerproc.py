@@ -1,0 +1,176 @@
+"""The I/O side of one worker: its process, its pipe, never blocking.
+
+Why our own framing on the supervisor's end: ``Connection.send_bytes``
+blocks when the pipe is full (a worker busy with a long task stops
+reading), and ``recv_bytes`` blocks until a whole message is in. Either
+would stall the one loop that serves everybody. So the supervisor sets its
+end non-blocking and reads and writes the same frames multiprocessing uses
+(a 4-byte big-endian signed length, or -1 then an 8-byte length), buffering
+partial frames. The worker keeps the ordinary blocking ``Connection`` API.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import struct
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+
+from workers import loop
+
+_HEADER = struct.Struct("!i")
+_LONG = struct.Struct("!Q")
+_READ_CHUNK = 1 << 20
+
+
+class PipeBroken(Exception):
+    """The worker's end is gone (EOF) or it wrote something that is not a frame."""
+
+
+class WorkerHandle:
+    def __init__(self, proc: BaseProcess, conn: Connection, max_frame: int) -> None:
+        self.proc = proc
+        self.conn = conn
+        self.fd = conn.fileno()
+        os.set_blocking(self.fd, False)
+        self.sentinel: int = proc.sentinel
+        self.pid: int = proc.pid or 0
+        self._in = bytearray()
+        self._out = bytearray()
+        self._max_frame = max_frame
+        self.eof = False
+
+    @classmethod
+    def spawn(
+        cls, ctx: BaseContext, slot: int, allow: list[str], max_bytes: int
+    ) -> WorkerHandle:
+        parent, child = ctx.Pipe(duplex=True)
+        proc = ctx.Process(  # type: ignore[attr-defined]
+            target=loop.main,
+            args=(child, slot, allow, max_bytes),
+            name=f"phalanx-worker-{slot}",
+            daemon=False,
+        )
+        try:
+            proc.start()
+        finally:
+            child.close()
+        # Frames carry results up to max_bytes plus their envelope.
+        return cls(proc, parent, max_frame=max_bytes + 64 * 1024)
+
+    # ------------------------------------------------------------ reading
+    def read_frames(self) -> list[bytes]:
+        """Everything complete that the worker has written so far.
+
+        Raises PipeBroken on EOF (after returning what came before it, on
+        the previous call) or on a frame that cannot be valid.
+        """
+        buf = self._in
+        while True:
+            try:
+                chunk = os.read(self.fd, _READ_CHUNK)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                self.eof = True
+                break
+            if not chunk:
+                self.eof = True
+                break
+            buf += chunk
+            if len(chunk) < _READ_CHUNK:
+                break
+        frames: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 4:
+            (size,) = _HEADER.unpack_from(buf, pos)
+            head = 4
+            if size == -1:
+                if end - pos < 12:
+                    break
+                (size,) = _LONG.unpack_from(buf, pos + 4)
+                head = 12
+            if size < 0 or size > self._max_frame:
+                raise PipeBroken(f"bad frame length {size}")
+            if end - pos - head < size:
+                break
+            frames.append(bytes(buf[pos + head : pos + head + size]))
+            pos += head + size
+        if pos:
+            del buf[:pos]
+        if self.eof and not frames:
+            raise PipeBroken("end of file")
+        return frames
+
+    # ------------------------------------------------------------ writing
+    def write(self, payload: bytes) -> None:
+        n = len(payload)
+        if n > 0x7FFFFFFF:
+            self._out += _HEADER.pack(-1) + _LONG.pack(n)
+        else:
+            self._out += _HEADER.pack(n)
+        self._out += payload
+        self.flush()
+
+    @property
+    def wants_write(self) -> bool:
+        return bool(self._out)
+
+    def flush(self) -> None:
+        out = self._out
+        while out:
+            try:
+                sent = os.write(self.fd, out)
+            except BlockingIOError:
+                return
+            except OSError:
+                out.clear()  # the worker is gone; its sentinel will tell us
+                return
+            del out[:sent]
+
+    # ------------------------------------------------------------ lifecycle
+    def alive(self) -> bool:
+        return self.proc.is_alive()
+
+    def exitcode(self) -> int | None:
+        self.proc.join(0)
+        return self.proc.exitcode
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the worker and everything in its process group."""
+        for target in (-self.pid, self.pid):
+            try:
+                os.kill(target, sig)
+                return
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                continue
+
+    def close_pipe(self) -> None:
+        """Closing our end tells a healthy worker to finish and exit."""
+        if not self.conn.closed:
+            self.conn.close()
+
+    def release(self) -> None:
+        """Free every fd once the process is known dead."""
+        self.close_pipe()
+        try:
+            self.proc.join(0)
+            self.proc.close()
+        except ValueError:
+            pass  # still running; only for an abandoned handle at exit
+
+
+def reap_group(pid: int) -> None:
+    """SIGKILL whatever is left in a dead worker's process group."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,89 @@
+"""Built-in tasks, used by the demo, the tests and the benchmarks.
+
+``crash`` ends its worker the ways real code does: an exit, a SIGKILL from
+the OOM killer, a segfault in a C extension, an abort in a C library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from typing import Any
+
+__all__ = ["echo", "noop", "sleep", "burn", "fail", "crash", "alloc", "pid", "spawn_child"]
+
+
+def echo(x: Any = None) -> Any:
+    """Return the argument unchanged."""
+    return x
+
+
+def noop() -> None:
+    """Do nothing (benchmarks)."""
+
+
+def sleep(seconds: float) -> float:
+    """Sleep, then return the seconds slept."""
+    time.sleep(seconds)
+    return seconds
+
+
+def burn(seconds: float) -> int:
+    """Spin the CPU for ``seconds``; return the loop count."""
+    deadline = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < deadline:
+        n += 1
+    return n
+
+
+class TaskFailure(Exception):
+    """What ``fail`` raises."""
+
+
+def fail(message: str = "task failed on purpose") -> None:
+    """Raise ``TaskFailure(message)``: a normal failed result, not a crash."""
+    raise TaskFailure(message)
+
+
+def crash(mode: str = "exit") -> None:
+    """End this worker process: mode is ``exit``, ``kill``, ``segv`` or ``abort``."""
+    if mode == "exit":
+        os._exit(13)
+    elif mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif mode == "segv":
+        ctypes.string_at(0)  # a real invalid read, not a raised signal
+    elif mode == "abort":
+        os.abort()
+    elif mode == "raise_base":
+        # Escapes ``except Exception`` in the worker loop.
+        raise SystemExit(7)
+    raise ValueError(f"unknown crash mode {mode!r} (exit, kill, segv, abort)")
+
+
+def alloc(mb: int, hold: float = 0.0) -> int:
+    """Allocate and touch ``mb`` MiB, hold it ``hold`` seconds; return bytes."""
+    block = bytearray(mb * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    if hold:
+        time.sleep(hold)
+    return len(block)
+
+
+def pid() -> int:
+    """The worker's process id (tests use it to aim signals)."""
+    return os.getpid()
+
+
+def spawn_child(seconds: float = 60.0) -> int:
+    """Start a grandchild process that ignores SIGTERM; return its pid."""
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the grandchild
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(seconds)
+        os._exit(0)
+    return child

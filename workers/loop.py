@@ -1,0 +1,116 @@
+"""The loop that runs inside every worker process.
+
+    supervisor --[Work, Work, ...]--> pipe --> run in order received
+    supervisor <--[Done, Done, ...]-- pipe <-- answer in the same order
+
+Answering in order is what lets the supervisor account for a crash: the
+oldest unanswered task is the one that was running. Results are flushed as
+soon as the batch in hand is finished, or earlier when a task took long
+enough that holding its result back would cost latency.
+
+The worker decodes arguments and encodes results; the supervisor only ever
+sees the bytes. Exceptions a task raises become failed results; only a
+process death is a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import msgspec
+
+from supervisor.protocol import Batch, Done, Hello, Work, encoder, error_map
+from workers import registry
+
+# Results held back at most this long while later tasks of a batch run.
+FLUSH_AFTER = 0.001
+
+_work_decoder = msgspec.msgpack.Decoder(list[Work])
+_args_decoder = msgspec.msgpack.Decoder(list[Any])
+_kwargs_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+
+
+def _failure(type_: str, message: str, tb: str | None = None) -> msgspec.Raw:
+    return msgspec.Raw(encoder.encode(error_map(type_, message, tb)))
+
+
+def run_one(
+    work: Work, tasks: dict[str, registry.TaskFn], max_result_bytes: int
+) -> Done:
+    fn = tasks.get(work.task)
+    if fn is None:
+        return Done(work.key, False, _failure("UnknownTask", f"no task named {work.task!r}"))
+    try:
+        args = _args_decoder.decode(work.args) if work.args else []
+        kwargs = _kwargs_decoder.decode(work.kwargs) if work.kwargs else {}
+    except msgspec.DecodeError as exc:
+        return Done(work.key, False, _failure("BadRequest", f"arguments: {exc}"))
+    try:
+        value = fn(*args, **kwargs)
+    except Exception as exc:
+        return Done(
+            work.key,
+            False,
+            _failure(type(exc).__name__, str(exc), traceback.format_exc()),
+        )
+    try:
+        encoded = encoder.encode(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        return Done(work.key, False, _failure("Unserializable", f"result: {exc}"))
+    if len(encoded) > max_result_bytes:
+        return Done(
+            work.key,
+            False,
+            _failure("TooLarge", f"result is {len(encoded)} bytes, limit {max_result_bytes}"),
+        )
+    return Done(work.key, True, msgspec.Raw(encoded))
+
+
+def serve(conn: Connection, tasks: dict[str, registry.TaskFn], max_result_bytes: int) -> None:
+    send = conn.send_bytes
+    monotonic = time.monotonic
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # supervisor closed our pipe: stop quietly
+        batch = _work_decoder.decode(data)
+        out: list[Done] = []
+        flushed_at = monotonic()
+        for work in batch:
+            out.append(run_one(work, tasks, max_result_bytes))
+            now = monotonic()
+            if now - flushed_at >= FLUSH_AFTER:
+                send(encoder.encode(Batch(out)))
+                out = []
+                flushed_at = now
+        if out:
+            send(encoder.encode(Batch(out)))
+
+
+def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int) -> None:
+    """Entry point of a worker process (target of multiprocessing.Process)."""
+    # Own process group: the supervisor stops a worker and everything the
+    # worker's tasks started with one killpg.
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    # Ctrl-C in a terminal is for the daemon, which drains; workers hear
+    # about shutdown from their pipe closing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.environ["PHALANX_SLOT"] = str(slot)
+    tasks, errors = registry.load(allow)
+    conn.send_bytes(encoder.encode(Hello(os.getpid(), sorted(tasks), errors)))
+    try:
+        serve(conn, tasks, max_result_bytes)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()

@@ -1,0 +1,46 @@
+"""Which callables a worker may run.
+
+A task is named ``module:function``. Only modules listed in the config's
+``tasks.allow`` are ever imported, and of those only public functions that
+the module itself defines (not names it imported) are tasks. No decorator
+is needed: allowing a module is the whole opt-in.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+TaskFn = Callable[..., Any]
+
+
+def module_tasks(module_name: str) -> dict[str, TaskFn]:
+    module = importlib.import_module(module_name)
+    found: dict[str, TaskFn] = {}
+    names = getattr(module, "__all__", None) or vars(module)
+    for name in names:
+        obj = getattr(module, name, None)
+        if name.startswith("_") or not inspect.isfunction(obj):
+            continue
+        if obj.__module__ != module.__name__:
+            continue
+        found[f"{module_name}:{name}"] = obj
+    return found
+
+
+def load(allow: Iterable[str]) -> tuple[dict[str, TaskFn], list[str]]:
+    """Import every allowed module; return (tasks by name, import errors)."""
+    tasks: dict[str, TaskFn] = {}
+    errors: list[str] = []
+    for module_name in allow:
+        try:
+            tasks.update(module_tasks(module_name))
+        except Exception as exc:  # a broken user module must not kill the worker
+            errors.append(f"{module_name}: {type(exc).__name__}: {exc}")
+    return tasks, errors
+
+
+def module_of(task_name: str) -> str:
+    return task_name.partition(":")[0]
