@@ -273,6 +273,9 @@ class Daemon:
             return
         slot.handle = handle
         slot.pid = handle.pid
+        self.publisher.event(
+            "worker.spawned", slot=slot.index, pid=handle.pid, generation=slot.generation
+        )
         self._fd_slot[handle.fd] = slot
         self._watch(handle.fd, lambda ev, s=slot: self._on_pipe(s, ev))
         self._watch(handle.sentinel, lambda ev, s=slot: self._deaths.append(s))
