@@ -41,9 +41,10 @@ from typing import Any
 import structlog
 import zmq
 
-from supervisor import __version__, control, intake, policy
+from supervisor import __version__, control, intake, logs, policy, reconfig
+from supervisor import config as config_mod
 from supervisor.config import Config
-from supervisor.errors import TIMEOUT, WORKER_CRASHED, StartupError, describe_exit
+from supervisor.errors import TIMEOUT, WORKER_CRASHED, ConfigError, StartupError, describe_exit
 from supervisor.notify import Notifier
 from supervisor.protocol import (
     Batch,
@@ -101,6 +102,7 @@ class Daemon:
         self._published: dict[str, list[Result]] = {}
         self._fd_slot: dict[int, Slot] = {}
         self.unroutable = 0
+        self._maintenance = False  # some slot is waiting to retire or recycle
         self.ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self.mp = multiprocessing.get_context(cfg.workers.start_method)
 
@@ -247,6 +249,8 @@ class Daemon:
             if self.table.queue:
                 self._dispatch(now)
             self.flush_output()
+            if self._maintenance:
+                self._maintain(now)
             if self.draining:
                 self._drain_step(now)
             if self.notifier.watchdog_due(now):
@@ -429,6 +433,9 @@ class Daemon:
             slot.move(S.STOPPED)
             log.info("worker_stopped", slot=slot.index, pid=pid, exit=how)
             self.publisher.event("worker.stopped", slot=slot.index, pid=pid, exit=how)
+            if slot.recycle and not self.stopping_workers:
+                slot.recycle = False
+                self.start_slot(slot)
             return
         slot.move(S.EXITED)
         log.warning("worker_exited", slot=slot.index, pid=pid, exit=how, exitcode=exitcode)
@@ -579,10 +586,104 @@ class Daemon:
                 pass  # logs go to stderr/journald; nothing to reopen yet
 
     def reload(self) -> None:
+        """SIGHUP: re-read the config file and apply it (as phalanxctl update)."""
         self.notifier.reloading()
         self.publisher.event("supervisor.reloading")
-        log.info("reload_requested", note="configuration reload not applied by this version")
+        try:
+            changes = self.update_from_file()
+        except ConfigError as exc:
+            log.error("reload_failed", error=str(exc))
+            self.publisher.event("supervisor.reload_failed", error=str(exc))
+        else:
+            log.info("reload_done", changes=[c.key for c in changes])
         self.notifier.ready(self._status_line())
+
+    def reread(self) -> tuple[Config, list[reconfig.Change]]:
+        source = self.cfg.source
+        if not source or source.startswith("<"):
+            raise ConfigError("the daemon was started without --config; nothing to re-read")
+        new = config_mod.load(source)
+        return new, reconfig.diff(self.cfg, new)
+
+    def update_from_file(self) -> list[reconfig.Change]:
+        new, _ = self.reread()
+        return self.apply_config(new)
+
+    def apply_config(self, new: Config) -> list[reconfig.Change]:
+        """Apply a new configuration without dropping an accepted task."""
+        old = self.cfg
+        changes = reconfig.diff(old, new)
+        self.cfg = reconfig.effective(old, new)
+        for change in changes:
+            if change.how == "daemon":
+                log.warning("config_change_needs_restart", key=change.key, new=change.new)
+        if (old.daemon.log_level, old.daemon.log_format) != (
+            self.cfg.daemon.log_level, self.cfg.daemon.log_format
+        ):
+            logs.configure(self.cfg.daemon.log_level, self.cfg.daemon.log_format)
+        self.table.resize_cache(self.cfg.tasks.result_cache)
+        for slot in self.slots:
+            slot.max_window = self.cfg.workers.max_prefetch
+        if list(self.cfg.tasks.allow) != self.allow:
+            self.allow = list(self.cfg.tasks.allow)
+            self.known_tasks = set()  # refilled by the new workers' hellos
+            self.recycle_all()
+        self.resize(self.cfg.worker_count)
+        if changes:
+            self.publisher.event("supervisor.updated", changes=[c.as_dict() for c in changes])
+        return changes
+
+    def resize(self, target: int) -> None:
+        active = [s for s in self.slots if not s.retire]
+        for slot in self.slots:  # growing again: keep slots still on their way out
+            if slot.retire and len(active) < target:
+                slot.retire = False
+                active.append(slot)
+        while len(active) < target:
+            slot = Slot(len(self.slots), max_window=self.cfg.workers.max_prefetch)
+            self.slots.append(slot)
+            active.append(slot)
+            self.start_slot(slot)
+        for slot in sorted(active, key=lambda s: s.index)[target:]:
+            slot.retire = True
+            self._maintenance = True
+
+    def recycle_all(self) -> None:
+        """Rolling restart: every slot gets a fresh worker, one at a time."""
+        for slot in self.slots:
+            if not slot.retire:
+                slot.recycle = True
+        self._maintenance = True
+
+    def _maintain(self, now: float) -> None:
+        """Carry out retire/recycle intentions, never more than one slot down."""
+        pending = False
+        for slot in list(self.slots):
+            if not (slot.retire or slot.recycle):
+                continue
+            pending = True
+            if slot.handle is None:  # BACKOFF, FATAL or STOPPED: nothing to stop
+                if slot.retire and slot.state is not S.STARTING:
+                    if slot.state is not S.STOPPED:
+                        slot.move(S.STOPPED)
+                    self.slots.remove(slot)
+                    self.publisher.event("worker.removed", slot=slot.index)
+                elif slot.recycle:
+                    slot.recycle = False
+                continue
+            if slot.state is not S.RUNNING or slot.inflight:
+                continue  # let it finish what it holds
+            if slot.recycle and not slot.retire:
+                others_down = any(
+                    s is not slot and not s.retire and s.state is not S.RUNNING
+                    for s in self.slots
+                )
+                if others_down:
+                    continue
+            self._stop_slot(slot, now)
+        self._maintenance = pending
+        if not self.slots and not self.stopping_workers:
+            self._maintenance = False
 
     # ============================================================ shutdown
     def begin_drain(self) -> None:
@@ -622,12 +723,18 @@ class Daemon:
                 if slot.state in (S.BACKOFF, S.FATAL, S.EXITED):
                     slot.move(S.STOPPED)
                 continue
-            slot.move(S.STOPPING)
-            slot.handle.close_pipe()  # a healthy worker exits on EOF
-            self._unwatch(slot.handle.fd)
-            slot.handle.signal_group(signal.SIGTERM)
-            generation = slot.generation
-            self.at(now + self.cfg.shutdown.stop_timeout, lambda s=slot, g=generation: self._kill_late(s, g))
+            if slot.state is not S.STOPPING:
+                self._stop_slot(slot, now)
+
+    def _stop_slot(self, slot: Slot, now: float) -> None:
+        """SIGTERM the worker's group, SIGKILL it after shutdown.stop_timeout."""
+        handle: WorkerHandle = slot.handle
+        slot.move(S.STOPPING)
+        handle.close_pipe()  # a healthy idle worker exits on EOF
+        self._unwatch(handle.fd)
+        handle.signal_group(signal.SIGTERM)
+        generation = slot.generation
+        self.at(now + self.cfg.shutdown.stop_timeout, lambda: self._kill_late(slot, generation))
 
     def _kill_late(self, slot: Slot, generation: int) -> None:
         if slot.handle is not None and slot.generation == generation:

@@ -102,30 +102,44 @@ def _refuse(d: Daemon, route: bytes, req: bool, err: RequestError) -> None:
     d.send_reply(route, encoder.encode(ErrorReply(error_raw(err.type, err.message))), req)
 
 
-def check(d: Daemon, spec: TaskIn) -> None:
-    """Raise the RequestError that refuses this task, if any."""
+def request_refusal(d: Daemon) -> RequestError | None:
+    """Why no task of any request would be accepted right now, if so."""
     if d.draining:
-        raise ShuttingDown("daemon is shutting down; submit to another instance")
+        return ShuttingDown("daemon is shutting down; submit to another instance")
     if d.paused:
-        raise Paused("intake is paused by the operator")
-    name = spec.task
+        return Paused("intake is paused by the operator")
+    return None
+
+
+def name_refusal(d: Daemon, name: str) -> RequestError | None:
     module, sep, fn = name.partition(":")
     if not sep or not module or not fn:
-        raise BadRequest(f"task name {name!r} is not 'module:function'")
+        return BadRequest(f"task name {name!r} is not 'module:function'")
     if module not in d.allow:
-        raise NotAllowed(f"module {module!r} is not in tasks.allow")
-    if d.known_tasks and name not in d.known_tasks:
-        raise UnknownTask(f"no task named {name!r}")
-    if not is_array(spec.args):
-        raise BadRequest("args must be an array")
-    if not is_map(spec.kwargs):
-        raise BadRequest("kwargs must be a map")
+        return NotAllowed(f"module {module!r} is not in tasks.allow")
+    if d.known_tasks:  # once a worker has listed what it can run
+        return UnknownTask(f"no task named {name!r}")
+    return None
+
+
+def check(d: Daemon, spec: TaskIn) -> RequestError | None:
+    """The RequestError that refuses this task, or None (hot path: no raise)."""
+    name = spec.task
+    if name not in d.known_tasks:
+        err = name_refusal(d, name)
+        if err is not None:
+            return err
+    if spec.args and not is_array(spec.args):
+        return BadRequest("args must be an array")
+    if spec.kwargs and not is_map(spec.kwargs):
+        return BadRequest("kwargs must be a map")
     if spec.timeout is not None and not spec.timeout >= 0:
-        raise BadRequest("timeout must be a number >= 0")
+        return BadRequest("timeout must be a number >= 0")
     if spec.max_attempts is not None and spec.max_attempts < 1:
-        raise BadRequest("max_attempts must be >= 1")
+        return BadRequest("max_attempts must be >= 1")
     if len(d.table) >= d.cfg.tasks.max_pending:
-        raise Overloaded(f"{len(d.table)} tasks pending, limit {d.cfg.tasks.max_pending}")
+        return Overloaded(f"{len(d.table)} tasks pending, limit {d.cfg.tasks.max_pending}")
+    return None
 
 
 def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
@@ -135,10 +149,10 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
     rejected: list[Rejected] = []
     group = ReplyGroup(route) if req else None
     replays: list[Result] = []
+    refusal = request_refusal(d)
     for spec in request.tasks:
-        try:
-            check(d, spec)
-        except RequestError as err:
+        err = refusal or check(d, spec)
+        if err is not None:
             error = error_raw(err.type, err.message)
             if group is not None:
                 group.results.append(Result(spec.id, spec.task, False, 0, error=error))

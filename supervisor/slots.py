@@ -80,6 +80,10 @@ class Slot:
     tasks_done: int = 0
     tasks_failed: int = 0
     last_exit: str = ""
+    # Operator/reload intentions, carried out by the daemon once the slot
+    # holds no task: retire = stop and remove; recycle = stop and restart.
+    retire: bool = False
+    recycle: bool = False
     timed_out: int | None = None  # key of the task whose deadline killed the worker
     handle: Any = None  # the I/O shell's process/pipe object
 
@@ -98,12 +102,14 @@ class Slot:
 
     @property
     def free(self) -> int:
-        if self.state is not SlotState.RUNNING:
+        if self.state is not SlotState.RUNNING or self.retire or self.recycle:
             return 0
         return max(0, self.window - len(self.inflight))
 
     def observe(self, now: float, finished: int) -> None:
         """Update the service-time estimate after ``finished`` results arrive."""
+        if finished <= 0:
+            return  # an empty batch says nothing about service time
         elapsed = max(now - self.head_since, 0.0)
         sample = elapsed / finished
         self.service_estimate += EWMA * (sample - self.service_estimate)

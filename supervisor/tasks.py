@@ -110,6 +110,11 @@ class TaskTable:
         self.queue.append(task)
         self.accepted += 1
 
+    def resize_cache(self, size: int) -> None:
+        self._cache_size = size
+        while len(self._cache) > size:
+            self._cache.popitem(last=False)
+
     def cached_result(self, task_id: str) -> object | None:
         return self._cache.get(task_id)
 
