@@ -33,7 +33,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any, Union
+from typing import Any, Self
 
 import msgspec
 import zmq
@@ -134,7 +134,7 @@ class _ErrorReply(msgspec.Struct, tag_field="op", tag="error"):
 
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Union[_Ack, _Results, _Pong, _ErrorReply])
+_decoder = msgspec.msgpack.Decoder(_Ack | _Results | _Pong | _ErrorReply)
 
 
 def task_name(task: str | Callable[..., Any]) -> str:
@@ -274,7 +274,7 @@ class Client(_Api):
         self._thread.start()
 
     # ---------------------------------------------------------- lifecycle
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -447,7 +447,7 @@ class Client(_Api):
                 if not items:
                     continue
                 body = _encoder.encode(_Submit(items))
-            sock.send(body, copy=len(body) < 65536)
+            sock.send(body, 0, copy=len(body) < 65536)
             self._inflight_batches.append(ids)
 
     def _drop_unencodable(self, items: list[_TaskOut], ids: list[str]
@@ -562,7 +562,7 @@ class Subscriber:
         self._last: dict[tuple[str, str], int] = {}
         self.gaps: dict[str, int] = {}
 
-    def __enter__(self) -> Subscriber:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -33,7 +33,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
-class DaemonSection(_Section):
+class DaemonSection(_Section, frozen=True):
     # Empty means: $PHALANX_RUNTIME_DIR, else $RUNTIME_DIRECTORY (systemd),
     # else $XDG_RUNTIME_DIR/phalanx, else /tmp/phalanx-<uid>.
     runtime_dir: str = ""
@@ -41,7 +41,7 @@ class DaemonSection(_Section):
     log_format: Literal["auto", "json", "console"] = "auto"
 
 
-class WorkersSection(_Section):
+class WorkersSection(_Section, frozen=True):
     count: NonNegInt = 0  # 0: one per CPU
     start_method: Literal["forkserver", "spawn", "fork"] = "forkserver"
     # Extra modules to import in the forkserver before any worker forks.
@@ -50,13 +50,13 @@ class WorkersSection(_Section):
     max_prefetch: PositiveInt = 256
 
 
-class EndpointsSection(_Section):
+class EndpointsSection(_Section, frozen=True):
     intake: str = "tcp://127.0.0.1:7455"
     publisher: str = "tcp://127.0.0.1:7456"
     control: str = ""  # empty: ipc://<runtime_dir>/control.sock
 
 
-class TasksSection(_Section):
+class TasksSection(_Section, frozen=True):
     allow: list[ModuleName] = msgspec.field(default_factory=lambda: ["workers.builtin"])
     timeout: NonNegFloat = 0.0  # seconds a task may run; 0 means no limit
     max_attempts: PositiveInt = 3
@@ -70,7 +70,7 @@ class TasksSection(_Section):
     result_cache: NonNegInt = 10_000
 
 
-class RestartSection(_Section):
+class RestartSection(_Section, frozen=True):
     # OTP-style intensity: more than max_restarts within period seconds
     # sends the slot to BACKOFF.
     max_restarts: NonNegInt = 20
@@ -86,18 +86,30 @@ class RestartSection(_Section):
     start_timeout: PositiveFloat = 30.0
 
 
-class ShutdownSection(_Section):
+class ShutdownSection(_Section, frozen=True):
     grace: NonNegFloat = 30.0  # drain: wait this long for in-flight tasks
     stop_timeout: PositiveFloat = 5.0  # SIGTERM -> SIGKILL for one worker
 
 
-class Config(_Section):
+class OutputSection(_Section, frozen=True):
+    # Worker stdout/stderr and the daemon's own log: the newest ring_bytes
+    # of each are kept in memory for `phalanxctl tail`.
+    ring_bytes: PositiveInt = 256 * 1024
+    # Also append them to files here (worker-N.stdout.log, ...); empty: no
+    # files. Rotated at max_bytes, keeping `backups` old files.
+    dir: str = ""
+    max_bytes: PositiveInt = 10 * 1024 * 1024
+    backups: NonNegInt = 5
+
+
+class Config(_Section, frozen=True):
     daemon: DaemonSection = DaemonSection()
     workers: WorkersSection = WorkersSection()
     endpoints: EndpointsSection = EndpointsSection()
     tasks: TasksSection = TasksSection()
     restart: RestartSection = RestartSection()
     shutdown: ShutdownSection = ShutdownSection()
+    output: OutputSection = OutputSection()
     source: str = ""  # file it came from; not a TOML key users set
 
     @property
@@ -142,6 +154,24 @@ def _dotted(path: str) -> str:
     return path.removeprefix("$.").removeprefix("$") or "(top level)"
 
 
+# msgspec names an unknown key in the message and its table in the path
+# (absent at top level); the user wants the key's own dotted name. Lazy match
+# so a key that itself contains "` - at `" still parses.
+_UNKNOWN = re.compile(r"^Object contains unknown field `(.*?)`(?: - at `\$\.?(.*)`)?$", re.S)
+
+
+def _describe(text: str) -> str:
+    if m := _UNKNOWN.match(text):
+        table, key = m[2], m[1]
+        if not key.isprintable():  # keep the error on one line
+            key = repr(key)
+        return f"{table}.{key}: unknown key" if table else f"{key}: unknown key"
+    message, _, path = text.rpartition(" - at `")
+    if message:
+        return f"{_dotted(path.rstrip('`'))}: {message}"
+    return text
+
+
 def parse(data: dict[str, Any], where: str = "<config>") -> Config:
     """Validate an already-parsed TOML mapping."""
     if "source" in data:
@@ -149,11 +179,7 @@ def parse(data: dict[str, Any], where: str = "<config>") -> Config:
     try:
         cfg = msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        message, _, path = text.rpartition(" - at `")
-        if path:
-            raise ConfigError(f"{where}: {_dotted(path.rstrip('`'))}: {message}") from None
-        raise ConfigError(f"{where}: {text}") from None
+        raise ConfigError(f"{where}: {_describe(str(exc))}") from None
     cfg = msgspec.structs.replace(cfg, source=where)
     _check_endpoints(cfg, where)
     if cfg.restart.backoff_max < cfg.restart.backoff_initial:

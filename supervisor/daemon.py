@@ -36,6 +36,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -56,7 +57,9 @@ from supervisor.protocol import (
     worker_decoder,
 )
 from supervisor.publisher import Publisher
+from supervisor.output import RingLog
 from supervisor.slots import Slot, SlotState
+from supervisor.stats import LatencyHistogram, RateMeter
 from supervisor.tasks import ReplyGroup, Task, TaskTable, plan
 from supervisor.workerproc import PipeBroken, WorkerHandle, reap_group
 
@@ -103,6 +106,10 @@ class Daemon:
         self._fd_slot: dict[int, Slot] = {}
         self.unroutable = 0
         self._maintenance = False  # some slot is waiting to retire or recycle
+        self.outputs: dict[int, dict[str, RingLog]] = {}
+        self.task_counts: dict[str, list[int]] = {}  # name -> [succeeded, failed]
+        self.latency = LatencyHistogram()
+        self.rate = RateMeter()
         self.ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self.mp = multiprocessing.get_context(cfg.workers.start_method)
 
@@ -146,7 +153,7 @@ class Daemon:
         self._install_signals()
         if self.cfg.workers.start_method == "forkserver":
             preload = ["workers.loop", *self.allow, *self.cfg.workers.preload]
-            self.mp.set_forkserver_preload(preload)  # type: ignore[attr-defined]
+            self.mp.set_forkserver_preload(preload)
         log.info(
             "daemon_starting",
             version=__version__,
@@ -281,10 +288,39 @@ class Daemon:
             "worker.spawned", slot=slot.index, pid=handle.pid, generation=slot.generation
         )
         self._fd_slot[handle.fd] = slot
-        self._watch(handle.fd, lambda ev, s=slot: self._on_pipe(s, ev))
-        self._watch(handle.sentinel, lambda ev, s=slot: self._deaths.append(s))
+        self._watch(handle.fd, lambda ev: self._on_pipe(slot, ev))
+        self._watch(handle.sentinel, lambda ev: self._deaths.append(slot))
+        for name, conn in handle.streams.items():
+            self._watch_stream(slot, handle, name, conn.fileno())
         generation = slot.generation
         self.at(now + self.cfg.restart.start_timeout, lambda: self._start_timeout(slot, generation))
+
+    def output_of(self, index: int) -> dict[str, RingLog]:
+        logs_ = self.outputs.get(index)
+        if logs_ is None:
+            out = self.cfg.output
+            folder = Path(out.dir) if out.dir else None
+            logs_ = {
+                name: RingLog(
+                    out.ring_bytes,
+                    folder / f"worker-{index}.{name}.log" if folder else None,
+                    out.max_bytes,
+                    out.backups,
+                )
+                for name in ("stdout", "stderr")
+            }
+            self.outputs[index] = logs_
+        return logs_
+
+    def _watch_stream(self, slot: Slot, handle: WorkerHandle, name: str, fd: int) -> None:
+        self._watch(fd, lambda ev: self._on_stream(slot, handle, name, fd))
+
+    def _on_stream(self, slot: Slot, handle: WorkerHandle, name: str, fd: int) -> None:
+        data = handle.read_stream(name)
+        if data:
+            self.output_of(slot.index)[name].write(data)
+        if data is None or handle.streams[name].closed:
+            self._unwatch(fd)
 
     def _start_timeout(self, slot: Slot, generation: int) -> None:
         if slot.generation == generation and slot.state is S.STARTING and slot.handle:
@@ -370,18 +406,26 @@ class Daemon:
             self._pipe_broken(slot, "more results than tasks held")
             return False
         slot.observe(now, len(done))
+        latency = self.latency
+        counts = self.task_counts
         for d in done:
             task = inflight.popleft()
             if task.key != d.key:
                 inflight.appendleft(task)
                 self._pipe_broken(slot, f"result for task {d.key}, expected {task.key}")
                 return False
+            latency.add(now - task.accepted_at)
+            count = counts.get(task.name)
+            if count is None:
+                count = counts[task.name] = [0, 0]
             if d.ok:
                 result = Result(task.id, task.name, True, task.attempts + 1, value=d.value)
                 slot.tasks_done += 1
+                count[0] += 1
             else:
                 result = Result(task.id, task.name, False, task.attempts + 1, error=d.value)
                 slot.tasks_failed += 1
+                count[1] += 1
             self._deliver(task, result)
         slot.head_since = now
         return True
@@ -408,6 +452,8 @@ class Daemon:
             bucket2.append(result)
 
     def fail_task(self, task: Task, type_: str, message: str) -> None:
+        count = self.task_counts.setdefault(task.name, [0, 0])
+        count[1] += 1
         result = Result(task.id, task.name, False, max(task.attempts, 1), error=error_raw(type_, message))
         self._deliver(task, result)
 
@@ -417,6 +463,11 @@ class Daemon:
             return
         if not handle.conn.closed and handle.fd in self._handlers:
             self._read_worker(slot)  # results written before dying still count
+        for name, conn in handle.streams.items():
+            if not conn.closed:
+                fd = conn.fileno()
+                self._on_stream(slot, handle, name, fd)
+                self._unwatch(fd)
         exitcode = handle.exitcode()
         how = describe_exit(exitcode)
         self._unwatch(handle.fd)
@@ -655,6 +706,30 @@ class Daemon:
                 slot.recycle = True
         self._maintenance = True
 
+    # ------------------------------------------------ operator slot control
+    def stop_slot(self, slot: Slot) -> None:
+        """Operator stop: the slot stays STOPPED; its tasks go to the others."""
+        slot.recycle = False
+        if slot.handle is not None:
+            if slot.state is not S.STOPPING:
+                self._stop_slot(slot, time.monotonic())
+        elif slot.state in (S.BACKOFF, S.FATAL, S.EXITED):
+            slot.move(S.STOPPED)
+
+    def start_slot_by_operator(self, slot: Slot) -> None:
+        if slot.state in (S.STOPPED, S.BACKOFF, S.FATAL):
+            slot.backoffs = 0
+            slot.restarts.clear()
+            self.start_slot(slot)
+
+    def restart_slot(self, slot: Slot) -> None:
+        if slot.handle is None:
+            self.start_slot_by_operator(slot)
+            return
+        slot.recycle = True
+        if slot.state is not S.STOPPING:
+            self._stop_slot(slot, time.monotonic())
+
     def _maintain(self, now: float) -> None:
         """Carry out retire/recycle intentions, never more than one slot down."""
         pending = False
@@ -730,16 +805,20 @@ class Daemon:
         """SIGTERM the worker's group, SIGKILL it after shutdown.stop_timeout."""
         handle: WorkerHandle = slot.handle
         slot.move(S.STOPPING)
+        # Read what is still in the pipe first: results that already
+        # arrived must count, or their tasks would run twice.
+        if handle.fd in self._handlers:
+            self._read_worker(slot)
         handle.close_pipe()  # a healthy idle worker exits on EOF
         self._unwatch(handle.fd)
-        handle.signal_group(signal.SIGTERM)
+        handle.signal_tree(signal.SIGTERM)
         generation = slot.generation
         self.at(now + self.cfg.shutdown.stop_timeout, lambda: self._kill_late(slot, generation))
 
     def _kill_late(self, slot: Slot, generation: int) -> None:
         if slot.handle is not None and slot.generation == generation:
             log.warning("worker_stop_timeout_sigkill", slot=slot.index, pid=slot.pid)
-            slot.handle.signal_group(signal.SIGKILL)
+            slot.handle.signal_tree(signal.SIGKILL)
 
     def stop_now(self) -> None:
         """Second SIGTERM: no more grace."""
@@ -789,6 +868,9 @@ class Daemon:
         )
 
     def _report_status(self) -> None:
+        now = time.monotonic()
+        self.rate.sample(now, self.table.succeeded + self.table.failed)
+        self.latency.rotate(now)
         self.notifier.status(self._status_line())
 
 
@@ -801,7 +883,7 @@ def _stop_forkserver() -> None:
     # means "no child left behind" holds the moment run() returns.
     from multiprocessing import forkserver
 
-    stop = getattr(forkserver._forkserver, "_stop", None)  # type: ignore[attr-defined]
+    stop = getattr(forkserver._forkserver, "_stop", None)
     if stop is not None:
         try:
             stop()

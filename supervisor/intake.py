@@ -12,6 +12,7 @@ or change another client's work.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -150,6 +151,7 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
     group = ReplyGroup(route) if req else None
     replays: list[Result] = []
     refusal = request_refusal(d)
+    now = time.monotonic()
     for spec in request.tasks:
         err = refusal or check(d, spec)
         if err is not None:
@@ -192,6 +194,7 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
             spec.max_attempts or defaults.max_attempts,
             defaults.timeout if spec.timeout is None else spec.timeout,
             group,
+            now,
         )
         if group is not None:
             group.waiting += 1

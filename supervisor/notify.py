@@ -34,6 +34,7 @@ import socket
 import time
 from collections.abc import Mapping
 from types import TracebackType
+from typing import Self
 
 __all__ = ["Notifier"]
 
@@ -258,7 +259,7 @@ class Notifier:
         if sock is not None:
             sock.close()
 
-    def __enter__(self) -> Notifier:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

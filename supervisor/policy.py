@@ -36,7 +36,9 @@ def decide(slot: Slot, now: float, policy: RestartSection, rng: random.Random) -
         return Decision("restart")
     if slot.backoffs >= policy.max_backoffs:
         return Decision("fatal", policy.fatal_cooldown)
-    base = min(policy.backoff_max, policy.backoff_initial * (2**slot.backoffs))
+    # Cap the exponent: with a huge max_backoffs, 2**backoffs outgrows a
+    # float (OverflowError) long after the delay has reached backoff_max.
+    base = min(policy.backoff_max, policy.backoff_initial * 2.0 ** min(slot.backoffs, 1000))
     spread = base * policy.backoff_jitter
     delay = max(0.0, base + rng.uniform(-spread, spread))
     return Decision("backoff", delay)

@@ -13,7 +13,7 @@ only the worker decodes arguments and only the worker encodes results.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -43,7 +43,7 @@ class Ping(msgspec.Struct, tag_field="op", tag="ping", forbid_unknown_fields=Tru
     pass
 
 
-IntakeRequest = Union[Submit, Ping]
+IntakeRequest = Submit | Ping
 
 
 class Rejected(msgspec.Struct):
@@ -117,13 +117,13 @@ class Batch(msgspec.Struct, tag="done", array_like=True):
     done: list[Done]
 
 
-WorkerMessage = Union[Hello, Batch]
+WorkerMessage = Hello | Batch
 
 # ------------------------------------------------------------- helpers
 
 encoder = msgspec.msgpack.Encoder()
-intake_decoder = msgspec.msgpack.Decoder(IntakeRequest)  # type: ignore[var-annotated]
-worker_decoder = msgspec.msgpack.Decoder(WorkerMessage)  # type: ignore[var-annotated]
+intake_decoder: msgspec.msgpack.Decoder[IntakeRequest] = msgspec.msgpack.Decoder(IntakeRequest)
+worker_decoder: msgspec.msgpack.Decoder[WorkerMessage] = msgspec.msgpack.Decoder(WorkerMessage)
 
 
 def error_map(type_: str, message: str, traceback: str | None = None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from supervisor.protocol import Result
 from supervisor.slots import Slot
 
 
@@ -32,7 +33,7 @@ class Task:
 
     __slots__ = (
         "key", "id", "name", "args", "kwargs", "route", "group",
-        "attempts", "crashes", "max_attempts", "timeout", "slot",
+        "attempts", "crashes", "max_attempts", "timeout", "slot", "accepted_at",
     )
 
     def __init__(
@@ -46,6 +47,7 @@ class Task:
         max_attempts: int,
         timeout: float,
         group: ReplyGroup | None = None,
+        accepted_at: float = 0.0,
     ) -> None:
         self.key = key
         self.id = id
@@ -59,6 +61,7 @@ class Task:
         self.max_attempts = max_attempts
         self.timeout = timeout
         self.slot: int | None = None
+        self.accepted_at = accepted_at  # monotonic; for latency statistics
 
 
 class ReplyGroup:
@@ -68,7 +71,7 @@ class ReplyGroup:
 
     def __init__(self, route: bytes) -> None:
         self.route = route
-        self.results: list[object] = []
+        self.results: list[Result] = []
         self.waiting = 0
 
 

@@ -19,6 +19,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 
+import psutil
+
 from workers import loop
 
 _HEADER = struct.Struct("!i")
@@ -31,9 +33,14 @@ class PipeBroken(Exception):
 
 
 class WorkerHandle:
-    def __init__(self, proc: BaseProcess, conn: Connection, max_frame: int) -> None:
+    def __init__(self, proc: BaseProcess, conn: Connection, max_frame: int,
+                 streams: dict[str, Connection] | None = None) -> None:
         self.proc = proc
         self.conn = conn
+        # Read ends of the worker's stdout/stderr pipes, by stream name.
+        self.streams: dict[str, Connection] = streams or {}
+        for stream in self.streams.values():
+            os.set_blocking(stream.fileno(), False)
         self.fd = conn.fileno()
         os.set_blocking(self.fd, False)
         self.sentinel: int = proc.sentinel
@@ -48,18 +55,46 @@ class WorkerHandle:
         cls, ctx: BaseContext, slot: int, allow: list[str], max_bytes: int
     ) -> WorkerHandle:
         parent, child = ctx.Pipe(duplex=True)
+        out_r, out_w = ctx.Pipe(duplex=False)
+        err_r, err_w = ctx.Pipe(duplex=False)
         proc = ctx.Process(  # type: ignore[attr-defined]
             target=loop.main,
-            args=(child, slot, allow, max_bytes),
+            args=(child, slot, allow, max_bytes, out_w, err_w),
             name=f"phalanx-worker-{slot}",
             daemon=False,
         )
         try:
             proc.start()
+        except BaseException:
+            for conn in (parent, out_r, err_r):
+                conn.close()
+            raise
         finally:
-            child.close()
+            for conn in (child, out_w, err_w):
+                conn.close()
         # Frames carry results up to max_bytes plus their envelope.
-        return cls(proc, parent, max_frame=max_bytes + 64 * 1024)
+        return cls(proc, parent, max_bytes + 64 * 1024, {"stdout": out_r, "stderr": err_r})
+
+    def read_stream(self, name: str) -> bytes | None:
+        """What the worker wrote to stdout/stderr so far; None at EOF."""
+        conn = self.streams.get(name)
+        if conn is None or conn.closed:
+            return None
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = os.read(conn.fileno(), _READ_CHUNK)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                conn.close()
+                return b"".join(chunks) if chunks else None
+            chunks.append(chunk)
+            if len(chunk) < _READ_CHUNK:
+                break
+        return b"".join(chunks)
 
     # ------------------------------------------------------------ reading
     def read_frames(self) -> list[bytes]:
@@ -153,6 +188,20 @@ class WorkerHandle:
             except PermissionError:
                 continue
 
+    def signal_tree(self, sig: int) -> None:
+        """Signal the worker's process group and every descendant, even ones
+        that left the group (setsid), as far as the tree can still be seen."""
+        self.signal_group(sig)
+        try:
+            descendants = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            return
+        for proc in descendants:
+            try:
+                proc.send_signal(sig)
+            except psutil.Error:
+                pass
+
     def close_pipe(self) -> None:
         """Closing our end tells a healthy worker to finish and exit."""
         if not self.conn.closed:
@@ -161,6 +210,9 @@ class WorkerHandle:
     def release(self) -> None:
         """Free every fd once the process is known dead."""
         self.close_pipe()
+        for stream in self.streams.values():
+            if not stream.closed:
+                stream.close()
         try:
             self.proc.join(0)
             self.proc.close()

@@ -9,10 +9,11 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 import time
 from typing import Any
 
-__all__ = ["echo", "noop", "sleep", "burn", "fail", "crash", "alloc", "pid", "spawn_child"]
+__all__ = ["echo", "noop", "say", "sleep", "burn", "fail", "crash", "alloc", "pid", "spawn_child"]
 
 
 def echo(x: Any = None) -> Any:
@@ -22,6 +23,12 @@ def echo(x: Any = None) -> Any:
 
 def noop() -> None:
     """Do nothing (benchmarks)."""
+
+
+def say(text: str, stream: str = "stdout") -> str:
+    """Print ``text`` to the worker's stdout or stderr; return it."""
+    print(text, file=sys.stderr if stream == "stderr" else sys.stdout, flush=True)
+    return text
 
 
 def sleep(seconds: float) -> float:

@@ -15,6 +15,7 @@ process death is a crash.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -53,7 +54,7 @@ def run_one(
         return Done(work.key, False, _failure("BadRequest", f"arguments: {exc}"))
     try:
         value = fn(*args, **kwargs)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any error a task raises is its result
         return Done(
             work.key,
             False,
@@ -94,8 +95,29 @@ def serve(conn: Connection, tasks: dict[str, registry.TaskFn], max_result_bytes:
             send(encoder.encode(Batch(out)))
 
 
-def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int) -> None:
+def _capture(stdout: Connection | None, stderr: Connection | None) -> None:
+    """Point fds 1 and 2 at the supervisor's capture pipes.
+
+    At the fd level, so output from C code, subprocesses the task starts
+    and faulthandler's crash tracebacks is captured too.
+    """
+    for conn, fd, stream in ((stdout, 1, sys.stdout), (stderr, 2, sys.stderr)):
+        if conn is None:
+            continue
+        if stream is not None:
+            stream.flush()
+        os.dup2(conn.fileno(), fd)
+        conn.close()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
+    faulthandler.enable()  # a segfault leaves a Python traceback in stderr
+
+
+def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
+         stdout: Connection | None = None, stderr: Connection | None = None) -> None:
     """Entry point of a worker process (target of multiprocessing.Process)."""
+    _capture(stdout, stderr)
     # Own process group: the supervisor stops a worker and everything the
     # worker's tasks started with one killpg.
     try:

@@ -19,7 +19,10 @@ TaskFn = Callable[..., Any]
 def module_tasks(module_name: str) -> dict[str, TaskFn]:
     module = importlib.import_module(module_name)
     found: dict[str, TaskFn] = {}
-    names = getattr(module, "__all__", None) or vars(module)
+    # An empty __all__ exports nothing; only a missing one means "look at all".
+    names = getattr(module, "__all__", None)
+    if names is None:
+        names = list(vars(module))
     for name in names:
         obj = getattr(module, name, None)
         if name.startswith("_") or not inspect.isfunction(obj):
@@ -37,7 +40,7 @@ def load(allow: Iterable[str]) -> tuple[dict[str, TaskFn], list[str]]:
     for module_name in allow:
         try:
             tasks.update(module_tasks(module_name))
-        except Exception as exc:  # a broken user module must not kill the worker
+        except Exception as exc:  # noqa: BLE001 - a broken user module must not kill the worker
             errors.append(f"{module_name}: {type(exc).__name__}: {exc}")
     return tasks, errors
 
