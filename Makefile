@@ -26,3 +26,13 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Developer checks; the tools are installed here, never runtime dependencies.
+# Both run even when the first fails, so one pass shows everything.
+.PHONY: lint
+lint: $(STAMP)
+	$(PY) -m pip install --quiet mypy ruff types-psutil
+	@status=0; \
+	$(PY) -m mypy --strict supervisor workers || status=1; \
+	$(PY) -m ruff check supervisor workers tests || status=1; \
+	exit $$status

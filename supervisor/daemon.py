@@ -470,6 +470,7 @@ class Daemon:
                 self._unwatch(fd)
         exitcode = handle.exitcode()
         how = describe_exit(exitcode)
+        running_key = handle.running_key()
         self._unwatch(handle.fd)
         self._unwatch(handle.sentinel)
         self._fd_slot.pop(handle.fd, None)
@@ -493,7 +494,7 @@ class Daemon:
         self.publisher.event(
             "worker.exited", slot=slot.index, pid=pid, exit=how, exitcode=exitcode
         )
-        charge = self.table.charge_death(slot)
+        charge = self.table.charge_death(slot, running_key)
         if charge is not None:
             task = charge.task
             if timed_out is not None and timed_out == task.key:

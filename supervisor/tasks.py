@@ -147,16 +147,27 @@ class TaskTable:
             if len(cache) > self._cache_size:
                 cache.popitem(last=False)
 
-    def charge_death(self, slot: Slot) -> Charge | None:
+    def charge_death(self, slot: Slot, running_key: int | None = None) -> Charge | None:
         """A slot's worker died: charge its running task, requeue the rest.
 
+        ``running_key`` is the task the worker said it started last; tasks
+        held before it finished but their results died with the worker, so
+        they run again, uncharged. Without it (or if it is not held), the
+        oldest held task is taken to be the one that was running.
         Returns the charge for the running task (None if it held none).
         """
         held = slot.inflight
         slot.inflight = deque()
         if not held:
             return None
-        running = held.popleft()
+        index = 0
+        if running_key is not None:
+            for i, task in enumerate(held):
+                if task.key == running_key:
+                    index = i
+                    break
+        running = held[index]
+        del held[index]
         for task in held:
             task.slot = None
         # Uncharged tasks keep their place at the front, in their order.

@@ -18,6 +18,7 @@ import struct
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import psutil
 
@@ -49,6 +50,7 @@ class WorkerHandle:
         self._out = bytearray()
         self._max_frame = max_frame
         self.eof = False
+        self._running: Any = None  # shared c_longlong set by spawn()
 
     @classmethod
     def spawn(
@@ -57,9 +59,13 @@ class WorkerHandle:
         parent, child = ctx.Pipe(duplex=True)
         out_r, out_w = ctx.Pipe(duplex=False)
         err_r, err_w = ctx.Pipe(duplex=False)
+        # Key of the task the worker last started, in shared memory so it
+        # survives the worker's death: results travel in batches, so the
+        # oldest unanswered task need not be the one that was running.
+        running = ctx.RawValue("q", 0)
         proc = ctx.Process(  # type: ignore[attr-defined]
             target=loop.main,
-            args=(child, slot, allow, max_bytes, out_w, err_w),
+            args=(child, slot, allow, max_bytes, out_w, err_w, running),
             name=f"phalanx-worker-{slot}",
             daemon=False,
         )
@@ -73,7 +79,15 @@ class WorkerHandle:
             for conn in (child, out_w, err_w):
                 conn.close()
         # Frames carry results up to max_bytes plus their envelope.
-        return cls(proc, parent, max_bytes + 64 * 1024, {"stdout": out_r, "stderr": err_r})
+        handle = cls(proc, parent, max_bytes + 64 * 1024, {"stdout": out_r, "stderr": err_r})
+        handle._running = running
+        return handle
+
+    def running_key(self) -> int | None:
+        """Key of the task the worker last started (None: none yet)."""
+        if self._running is None:
+            return None
+        return int(self._running.value) or None  # task keys start at 1
 
     def read_stream(self, name: str) -> bytes | None:
         """What the worker wrote to stdout/stderr so far; None at EOF."""

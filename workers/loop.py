@@ -73,7 +73,15 @@ def run_one(
     return Done(work.key, True, msgspec.Raw(encoded))
 
 
-def serve(conn: Connection, tasks: dict[str, registry.TaskFn], max_result_bytes: int) -> None:
+def serve(conn: Connection, tasks: dict[str, registry.TaskFn], max_result_bytes: int,
+          running: Any = None) -> None:
+    """Run batches until the pipe closes.
+
+    ``running`` (shared memory, see workerproc.py) is set to each task's key
+    before it runs. Results are held back up to FLUSH_AFTER, so when this
+    process dies the oldest unanswered task is not necessarily the one that
+    killed it; ``running`` tells the supervisor which one was.
+    """
     send = conn.send_bytes
     monotonic = time.monotonic
     while True:
@@ -85,6 +93,8 @@ def serve(conn: Connection, tasks: dict[str, registry.TaskFn], max_result_bytes:
         out: list[Done] = []
         flushed_at = monotonic()
         for work in batch:
+            if running is not None:
+                running.value = work.key
             out.append(run_one(work, tasks, max_result_bytes))
             now = monotonic()
             if now - flushed_at >= FLUSH_AFTER:
@@ -115,7 +125,8 @@ def _capture(stdout: Connection | None, stderr: Connection | None) -> None:
 
 
 def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
-         stdout: Connection | None = None, stderr: Connection | None = None) -> None:
+         stdout: Connection | None = None, stderr: Connection | None = None,
+         running: Any = None) -> None:
     """Entry point of a worker process (target of multiprocessing.Process)."""
     _capture(stdout, stderr)
     # Own process group: the supervisor stops a worker and everything the
@@ -132,7 +143,7 @@ def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
     tasks, errors = registry.load(allow)
     conn.send_bytes(encoder.encode(Hello(os.getpid(), sorted(tasks), errors)))
     try:
-        serve(conn, tasks, max_result_bytes)
+        serve(conn, tasks, max_result_bytes, running)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
