@@ -158,6 +158,7 @@ class _TaskOut(msgspec.Struct, omit_defaults=True):
 
 class _Submit(msgspec.Struct, tag_field="op", tag="submit"):
     tasks: list[_TaskOut]
+    ref: int
 
 
 class _Err(msgspec.Struct):
@@ -178,11 +179,13 @@ class _Res(msgspec.Struct):
 class _Rejected(msgspec.Struct):
     id: str | None
     error: _Err
+    index: int = -1
 
 
 class _Ack(msgspec.Struct, tag_field="op", tag="ack"):
     accepted: list[str]
     rejected: list[_Rejected]
+    ref: int | str | None = None
 
 
 class _Results(msgspec.Struct, tag_field="op", tag="results"):
@@ -198,6 +201,7 @@ class _Pong(msgspec.Struct, tag_field="op", tag="pong"):
 
 class _ErrorReply(msgspec.Struct, tag_field="op", tag="error"):
     error: _Err
+    ref: int | str | None = None
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -328,7 +332,10 @@ class Client(_Api):
         self._counter = itertools.count()
         self._pending: dict[str, Any] = {}
         self._outq: deque[tuple[str, str, Any, Any, Any, Any]] = deque()
-        self._inflight_batches: deque[list[str]] = deque()
+        # Submitted batches awaiting their ack, by the ref the daemon echoes
+        # (with several endpoints, acks from different daemons interleave).
+        self._unacked: dict[int, list[str]] = {}
+        self._refs = itertools.count(1)
         self._idle = False
         self._closing = False
         self._stop = False
@@ -501,21 +508,21 @@ class Client(_Api):
                 task_id, name, args, kwargs, timeout, attempts = outq.popleft()
                 if not name:
                     sock.send(_encoder.encode({"op": "ping"}))
-                    self._inflight_batches.append([])
                     continue
                 items.append(_TaskOut(name, task_id, args, kwargs, timeout, attempts))
                 ids.append(task_id)
             if not items:
                 continue
+            ref = next(self._refs)
             try:
-                body = _encoder.encode(_Submit(items))
+                body = _encoder.encode(_Submit(items, ref))
             except (TypeError, ValueError, OverflowError):
                 items, ids = self._drop_unencodable(items, ids)
                 if not items:
                     continue
-                body = _encoder.encode(_Submit(items))
+                body = _encoder.encode(_Submit(items, ref))
+            self._unacked[ref] = ids
             sock.send(body, 0, copy=len(body) < 65536)
-            self._inflight_batches.append(ids)
 
     def _drop_unencodable(self, items: list[_TaskOut], ids: list[str]
                           ) -> tuple[list[_TaskOut], list[str]]:
@@ -546,20 +553,17 @@ class Client(_Api):
             if isinstance(msg, _Results):
                 self._on_results(msg.results)
             elif isinstance(msg, _Ack):
-                if self._inflight_batches:
-                    self._inflight_batches.popleft()
+                self._unacked.pop(msg.ref, None)  # type: ignore[arg-type]
                 for rej in msg.rejected:
                     if rej.id is not None:
                         self._complete_error(rej.id, TaskError(
                             rej.error.type, rej.error.message, task_id=rej.id))
             elif isinstance(msg, _ErrorReply):
-                ids = self._inflight_batches.popleft() if self._inflight_batches else []
+                ids = self._unacked.pop(msg.ref, [])  # type: ignore[arg-type]
                 for task_id in ids:
                     self._complete_error(task_id, TaskError(
                         msg.error.type, msg.error.message, task_id=task_id))
             elif isinstance(msg, _Pong):
-                if self._inflight_batches:
-                    self._inflight_batches.popleft()
                 if self._pong is not None and not self._pong.done():
                     self._pong.set_result(msg)
 
@@ -576,6 +580,8 @@ class Client(_Api):
                     coll.batch = []
                     touched.append(coll)
                 coll.batch.append((index, res))
+            elif sink.done():
+                continue  # cancelled by the caller meanwhile
             elif res.ok:
                 sink.set_result(res.value)
             else:
@@ -592,7 +598,7 @@ class Client(_Api):
             coll, index = sink
             coll.q.put([(index, _Res(task_id, "", False, 0, None,
                                      _Err(err.type, err.message, err.traceback)))])
-        else:
+        elif not sink.done():
             sink.set_exception(err)
 
     def _fail_all(self, type_: str, message: str) -> None:

@@ -136,7 +136,8 @@ def resolve_runtime_dir(configured: str) -> Path:
     return Path(f"/tmp/phalanx-{os.getuid()}")
 
 
-_ENDPOINT = re.compile(r"^(tcp://[^\s]+:\d+|ipc://[^\s]+|inproc://[^\s]+)$")
+# inproc:// is not offered: no other process could ever reach it.
+_ENDPOINT = re.compile(r"^(tcp://[^\s]+:\d+|ipc://[^\s]+)$")
 
 
 def _check_endpoints(cfg: Config, where: str) -> None:

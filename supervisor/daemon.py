@@ -26,6 +26,7 @@ sockets are used with NOBLOCK, signal handlers only wake the poller.
 
 from __future__ import annotations
 
+import fcntl
 import heapq
 import itertools
 import multiprocessing
@@ -138,7 +139,7 @@ class Daemon:
             self.control = self.ctx.socket(zmq.ROUTER)
             self.control.setsockopt(zmq.LINGER, 0)
             self.control.setsockopt(zmq.MAXMSGSIZE, 1024 * 1024)
-            old_umask = os.umask(0o077)  # the ipc socket file is created 0600
+            old_umask = os.umask(0o177)  # the ipc socket file is born 0600
             try:
                 self._bind(self.control, self.cfg.control_endpoint, "control")
             finally:
@@ -168,14 +169,31 @@ class Daemon:
         self.every(1.0, self._report_status)
 
     def _prepare_runtime_dir(self) -> None:
+        """Create the runtime dir 0700, refuse one others could tamper with,
+        and lock it so two daemons never share (and steal) its sockets."""
         path = self.cfg.runtime_dir
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            probe = path / f".probe-{os.getpid()}"
-            probe.touch()
-            probe.unlink()
+            info = path.stat()
+            if info.st_uid != os.getuid():
+                raise StartupError(
+                    f"runtime directory {path} belongs to uid {info.st_uid}, not us"
+                )
+            if info.st_mode & 0o022:
+                raise StartupError(
+                    f"runtime directory {path} is writable by others "
+                    f"(mode {info.st_mode & 0o777:o}); make it 0700"
+                )
+            self._lock_fd = os.open(path / "phalanxd.lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StartupError(f"runtime directory {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock_fd)
+            raise StartupError(
+                f"another phalanxd is running with runtime directory {path}"
+            ) from None
 
     def _bind(self, sock: zmq.Socket[bytes], endpoint: str, what: str) -> None:
         try:
@@ -431,30 +449,35 @@ class Daemon:
         return True
 
     def _deliver(self, task: Task, result: Result) -> None:
-        """Queue a task's one result for its submitter and subscribers."""
+        """Queue a task's one result for its submitter(s) and subscribers."""
         self.table.finish(task, result.ok, result)
-        if task.group is not None:
-            group = task.group
+        self._reply_to(task.route, task.group, result)
+        if task.extra:
+            for route, group in task.extra:
+                self._reply_to(route, group, result)
+        bucket = self._published.get(task.name)
+        if bucket is None:
+            self._published[task.name] = [result]
+        else:
+            bucket.append(result)
+
+    def _reply_to(self, route: bytes | None, group: ReplyGroup | None, result: Result) -> None:
+        if group is not None:
             group.results.append(result)
             group.waiting -= 1
             if group.waiting == 0:
                 self.send_reply(group.route, encoder.encode(Results(group.results)), req=True)
-        elif task.route is not None:
-            bucket = self._replies.get(task.route)
+        elif route is not None:
+            bucket = self._replies.get(route)
             if bucket is None:
-                self._replies[task.route] = [result]
+                self._replies[route] = [result]
             else:
                 bucket.append(result)
-        bucket2 = self._published.get(task.name)
-        if bucket2 is None:
-            self._published[task.name] = [result]
-        else:
-            bucket2.append(result)
 
     def fail_task(self, task: Task, type_: str, message: str) -> None:
         count = self.task_counts.setdefault(task.name, [0, 0])
         count[1] += 1
-        result = Result(task.id, task.name, False, max(task.attempts, 1), error=error_raw(type_, message))
+        result = Result(task.id, task.name, False, task.attempts, error=error_raw(type_, message))
         self._deliver(task, result)
 
     def _on_death(self, slot: Slot, now: float) -> None:
@@ -674,6 +697,7 @@ class Daemon:
         ):
             logs.configure(self.cfg.daemon.log_level, self.cfg.daemon.log_format)
         self.table.resize_cache(self.cfg.tasks.result_cache)
+        self._apply_output_config()
         for slot in self.slots:
             slot.max_window = self.cfg.workers.max_prefetch
         if list(self.cfg.tasks.allow) != self.allow:
@@ -684,6 +708,18 @@ class Daemon:
         if changes:
             self.publisher.event("supervisor.updated", changes=[c.as_dict() for c in changes])
         return changes
+
+    def _apply_output_config(self) -> None:
+        out = self.cfg.output
+        folder = Path(out.dir) if out.dir else None
+        for index, rings in self.outputs.items():
+            for name, ring in rings.items():
+                path = folder / f"worker-{index}.{name}.log" if folder else None
+                if path != ring.path:
+                    ring.close()
+                    ring.path = path
+                ring.capacity, ring.max_bytes, ring.backups = out.ring_bytes, out.max_bytes, out.backups
+                ring.write(b"")  # trims to a smaller capacity
 
     def resize(self, target: int) -> None:
         active = [s for s in self.slots if not s.retire]
@@ -844,6 +880,7 @@ class Daemon:
         self._sig_r.close()
         self._sig_w.close()
         self.notifier.close()
+        os.close(self._lock_fd)
 
     def close_sockets(self) -> None:
         for name in ("intake", "pub_sock", "control"):

@@ -90,7 +90,7 @@ def endpoint_problems(cfg: Config) -> list[str]:
                 try:
                     s.bind((host if host != "*" else "", int(port)))
                 except OSError as exc:
-                    problems.append(f"{what} port {port} ({ep}) is not free: {exc.strerror}")
+                    problems.append(f"{what} port {port} ({ep}) is not free: {exc.strerror or exc}")
         elif ep.startswith("ipc://"):
             path = ep[len("ipc://"):]
             if os.path.exists(path):
@@ -111,7 +111,7 @@ class DaemonProcess:
         self.cfg = cfg
         self.log = tempfile.NamedTemporaryFile(prefix="phalanxd-demo-", suffix=".log", delete=False)
         exe = Path(sys.executable).with_name("phalanxd")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "supervisor.daemon_main"]
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "supervisor"]
         if config_path is not None:
             cmd += ["--config", str(config_path)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log,
@@ -171,6 +171,59 @@ class DaemonProcess:
         self.log.close()
 
 
+# ================================================================== workers
+class Workers:
+    """Every worker process ever seen, to prove at the end that none is left.
+
+    A pid is recorded only while it is the daemon's descendant, as a
+    psutil.Process, which remembers its start time: a recycled pid can
+    neither be reported as left behind nor killed by mistake.
+    """
+
+    def __init__(self, daemon_pid: int) -> None:
+        self.daemon_pid = daemon_pid
+        self.seen: dict[int, psutil.Process] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, pid: int) -> None:
+        with self._lock:
+            if pid in self.seen:
+                return
+            try:
+                proc = psutil.Process(pid)
+                if self.daemon_pid in {p.pid for p in proc.parents()}:
+                    self.seen[pid] = proc
+            except psutil.Error:
+                pass  # already gone: nothing to check later
+
+    def left(self, timeout: float = 2.0) -> list[int]:
+        """Those still alive (zombies awaiting a reaper do not count)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                procs = list(self.seen.values())
+            alive = [p.pid for p in procs if _alive(p)]
+            if not alive or time.monotonic() > deadline:
+                return alive
+            time.sleep(0.05)  # orphans may take a moment to be reaped
+
+    def kill_all(self) -> None:
+        with self._lock:
+            procs = list(self.seen.values())
+        for proc in procs:
+            try:
+                proc.kill()  # psutil checks the start time first
+            except psutil.Error:
+                pass
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 # ============================================================ watch (events)
 @dataclass
 class Watch:
@@ -181,12 +234,11 @@ class Watch:
     quarantined_ids: set[str] = field(default_factory=set)
     deaths: dict[int, collections.deque[float]] = field(
         default_factory=lambda: collections.defaultdict(collections.deque))
-    worker_pids: set[int] = field(default_factory=set)
     gaps: int = 0
     subscribed: threading.Event = field(default_factory=threading.Event)
 
 
-def watch_main(endpoint: str, w: Watch, stop: threading.Event) -> None:
+def watch_main(endpoint: str, w: Watch, workers: Workers, stop: threading.Event) -> None:
     with Subscriber(endpoint, topics=["event.", "result."]) as sub:
         while not stop.is_set():
             msg = sub.recv(timeout=0.1)
@@ -204,7 +256,7 @@ def watch_main(endpoint: str, w: Watch, stop: threading.Event) -> None:
             elif kind == "worker.exited":
                 w.deaths[body.get("slot", -1)].append(time.monotonic())
             elif kind == "worker.spawned" and body.get("pid"):
-                w.worker_pids.add(body["pid"])
+                workers.remember(body["pid"])
             elif kind == "task.quarantined":
                 w.quarantined_ids.add(body.get("id", ""))
             w.gaps = sum(sub.gaps.values())
@@ -214,25 +266,32 @@ def watch_main(endpoint: str, w: Watch, stop: threading.Event) -> None:
 def kill_worker(pid: int, daemon_pid: int) -> bool:
     """SIGKILL ``pid`` if it is still one of the daemon's descendants.
 
-    A pidfd pins the process before the ancestry check, so a pid recycled
-    after the status reply can never be hit.
+    Where Linux offers a pidfd, it pins the process before the ancestry
+    check, so a pid recycled since the status reply can never be hit.
     """
+    fd = None
     try:
-        fd = os.pidfd_open(pid)
-    except (ProcessLookupError, AttributeError, OSError):
-        return False
-    try:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        except (AttributeError, OSError):
+            fd = None  # no pidfds here: the ancestry check must do
         if daemon_pid not in {p.pid for p in psutil.Process(pid).parents()}:
             return False
-        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        if fd is None:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
         return True
-    except (ProcessLookupError, psutil.NoSuchProcess):
+    except (ProcessLookupError, psutil.Error):
         return False
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
-def chaos_main(cfg: Config, daemon_pid: int, interval: float, rng: random.Random,
+def chaos_main(cfg: Config, workers: Workers, interval: float, rng: random.Random,
                w: Watch, killed: list[int], stop: threading.Event) -> None:
     budget = max(1, cfg.restart.max_restarts - 4)
     period = cfg.restart.period
@@ -244,14 +303,15 @@ def chaos_main(cfg: Config, daemon_pid: int, interval: float, rng: random.Random
         now = time.monotonic()
         victims = []
         for s in status:
-            deaths = w.deaths.get(s["slot"], ())
-            recent = sum(1 for t in list(deaths) if now - t < period)
-            if s["state"] == "RUNNING" and s["pid"] and recent < budget:
+            if not s["pid"]:
+                continue
+            workers.remember(s["pid"])
+            recent = sum(1 for t in list(w.deaths.get(s["slot"], ())) if now - t < period)
+            if s["state"] == "RUNNING" and recent < budget:
                 victims.append(s["pid"])
-                w.worker_pids.add(s["pid"])
         if victims:
             pid = rng.choice(victims)
-            if kill_worker(pid, daemon_pid):
+            if kill_worker(pid, workers.daemon_pid):
                 killed.append(pid)
         if stop.wait(interval):
             return
@@ -285,12 +345,13 @@ class Tally:
         self.futures.append(fut)
         self.expected.append(expected)
         self.resolutions.append(0)
-        fut.add_done_callback(lambda f, i=index: self._resolved(i))
 
-    def _resolved(self, index: int) -> None:
-        self.resolutions[index] += 1
-        self.done += 1
-        self.wake.set()
+        def resolved(_: Future[Any]) -> None:
+            self.resolutions[index] += 1
+            self.done += 1
+            self.wake.set()
+
+        fut.add_done_callback(resolved)
 
 
 class Progress:
@@ -320,27 +381,36 @@ class Progress:
 
 
 def stream(client: Client, tally: Tally, n: int, rng: random.Random, deadline: float,
-           progress: Progress, killed: list[int], w: Watch) -> list[int]:
+           progress: Progress, killed: list[int], w: Watch,
+           daemon: DaemonProcess) -> list[tuple[int, str]]:
     """Submit ``n`` mixed tasks plus the poison ones; wait for every result.
 
-    Returns the tally indexes of the poison tasks, which go in spread out.
+    Returns (tally index, crash mode) of each poison task; they go in spread
+    out over the stream.
     """
-    poison_at = {n * (k + 1) // (len(POISON_MODES) + 1): m for k, m in enumerate(POISON_MODES)}
-    poison: list[int] = []
+    poison_at: dict[int, list[str]] = collections.defaultdict(list)
+    for k, mode in enumerate(POISON_MODES):
+        poison_at[n * (k + 1) // (len(POISON_MODES) + 1)].append(mode)
+    poison: list[tuple[int, str]] = []
     total = n + len(POISON_MODES)
-    i = 0
+    next_task = 0
     while True:
-        while i < n and len(tally.futures) - tally.done < WINDOW:
-            for i in range(i, min(n, i + CHUNK)):
-                if i in poison_at:
-                    poison.append(len(tally.futures))
-                    tally.add(client.submit(f"{BUILTIN}:crash", poison_at[i]), None)
+        while next_task < n and len(tally.futures) - tally.done < WINDOW:
+            end = min(n, next_task + CHUNK)
+            for i in range(next_task, end):
+                for mode in poison_at.pop(i, ()):
+                    poison.append((len(tally.futures), mode))
+                    tally.add(client.submit(f"{BUILTIN}:crash", mode), None)
                 name, args = make_task(i, rng)
                 tally.add(client.submit(f"{BUILTIN}:{name}", *args),
                           args[0] if name == "echo" else None)
-            i += 1
+            next_task = end
         progress.show(tally.done, len(killed), w.kinds["task.retried"])
         if tally.done >= total or time.monotonic() > deadline:
+            break
+        if daemon.proc.poll() is not None:
+            sys.stderr.write(f"\ndemo: phalanxd exited with code {daemon.proc.returncode} "
+                             "mid-stream\n")
             break
         tally.wake.wait(0.1)
         tally.wake.clear()
@@ -349,10 +419,10 @@ def stream(client: Client, tally: Tally, n: int, rng: random.Random, deadline: f
 
 
 # ==================================================================== summary
-def outcome(tally: Tally, poison: list[int]) -> dict[str, Any]:
+def outcome(tally: Tally, poison: list[tuple[int, str]]) -> dict[str, Any]:
     succeeded = wrong = 0
     failed: dict[str, dict[str, Any]] = {}
-    for fut, want in zip(tally.futures, tally.expected):
+    for fut, want in zip(tally.futures, tally.expected, strict=True):
         if not fut.done():
             continue
         exc = fut.exception()
@@ -366,7 +436,7 @@ def outcome(tally: Tally, poison: list[int]) -> dict[str, Any]:
         entry = failed.setdefault(kind, {"count": 0, "example": msg})
         entry["count"] += 1
     poisoned = []
-    for index, mode in zip(poison, POISON_MODES):
+    for index, mode in poison:
         fut = tally.futures[index]
         exc = fut.exception() if fut.done() else None
         poisoned.append({
@@ -406,9 +476,9 @@ def render(s: dict[str, Any]) -> str:
         f"  {'wrong values':<20}{s['wrong_values']:>8}",
         f"  {'throughput':<20}{s['throughput']:>8,.0f}   tasks/s "
         f"({s['stream_seconds']:.2f}s for {s['submitted']} tasks)",
-        f"  {'daemon stop':<20}{str(s['daemon_exit_code']):>8}   exit code, "
-        f"after {s['stop_seconds']:.2f}s; {len(s['workers_left'])} of "
-        f"{s['worker_processes_seen']} worker processes left",
+        f"  {'daemon stop':<20}{s['daemon_exit_code']!s:>8}   exit code, "
+        f"after {s['stop_seconds']:.2f}s; {len(s['workers_left'])} of the "
+        f"{s['worker_processes_seen']} processes the daemon started are left",
         "", f"{'PASS' if s['ok'] else 'FAIL'}: " + "; ".join(s["verdict"]),
     ]
     return "\n".join(out)
@@ -466,51 +536,51 @@ def run(args: argparse.Namespace) -> int:
         print("demo: stop whatever holds it (another phalanxd or demo?) or pass "
               "--config with other endpoints", file=sys.stderr)
         return EXIT_CANNOT_START
+
+    def say(message: str) -> None:
+        if not args.json:
+            print(message, file=sys.stderr, flush=True)
+
     rng = random.Random(args.seed)
-    say = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     daemon = DaemonProcess(config_path, cfg)
+    workers = Workers(daemon.pid)
     client: Client | None = None
     watch_stop, chaos_stop = threading.Event(), threading.Event()
     threads: list[threading.Thread] = []
-    seen: dict[int, psutil.Process] = {}  # every worker process, to check none is left
     try:
         say(f"demo: started phalanxd (pid {daemon.pid}, config {config_path or 'built-in'}, "
             f"log {daemon.log.name})")
         client = Client(cfg.endpoints.intake)
         status = daemon.wait_ready(client)
+        for slot in status:
+            workers.remember(slot["pid"])
         say(f"demo: phalanxd ready with {len(status)} workers; streaming {args.tasks} tasks "
             f"while killing a worker every {args.chaos_interval:g}s")
-        w, killed = Watch(), []
+        w, killed = Watch(), list[int]()
         threads.append(threading.Thread(target=watch_main, name="demo-watch", daemon=True,
-                                        args=(cfg.endpoints.publisher, w, watch_stop)))
+                                        args=(cfg.endpoints.publisher, w, workers, watch_stop)))
         threads[-1].start()
         subscribe_handshake(cfg, w)
         threads.append(threading.Thread(
             target=chaos_main, name="demo-chaos", daemon=True,
-            args=(cfg, daemon.pid, args.chaos_interval, random.Random(rng.random()), w,
-                  killed, chaos_stop)))
+            args=(cfg, workers, args.chaos_interval, random.Random(rng.random()), w, killed,
+                  chaos_stop)))
         threads[-1].start()
         tally = Tally()
         progress = Progress(args.tasks + len(POISON_MODES))
         started = time.monotonic()
         poison = stream(client, tally, args.tasks, rng, started + args.timeout, progress,
-                        killed, w)
+                        killed, w, daemon)
         elapsed = time.monotonic() - started
         chaos_stop.set()
         threads[1].join()
-        settle(cfg, w, len(tally.futures))
-        stats = ctlclient.call(cfg.control_endpoint, "stats")
+        stats = settle(cfg, w, len(tally.futures))
         watch_stop.set()
         threads[0].join()
         # Judged now, before closing the client could settle anything late.
         s = summarize(args, cfg, tally, poison, w, killed, stats, elapsed)
         for proc in daemon.descendants():
-            seen[proc.pid] = proc
-        for pid in w.worker_pids - set(seen):
-            try:
-                seen[pid] = psutil.Process(pid)
-            except psutil.NoSuchProcess:
-                pass  # already gone
+            workers.remember(proc.pid)  # includes the forkserver
         if tally.done == len(tally.futures):
             client.close()
             client.join(5)
@@ -523,8 +593,8 @@ def run(args: argparse.Namespace) -> int:
         if exit_code is None:
             daemon.kill()
         s["daemon_exit_code"] = exit_code
-        s["worker_processes_seen"] = len(w.worker_pids | set(seen))
-        s["workers_left"] = leftovers(seen)
+        s["worker_processes_seen"] = len(workers.seen)
+        s["workers_left"] = workers.left()
         s["verdict"], s["ok"] = verdict(s)
         print(json.dumps(s, indent=2) if args.json else render(s))
         return EXIT_OK if s["ok"] else EXIT_FAILED
@@ -540,11 +610,11 @@ def run(args: argparse.Namespace) -> int:
         if client is not None:
             client.terminate()
         if daemon.proc.poll() is None:
-            emergency_stop(daemon, seen)
+            emergency_stop(daemon, workers)
         for t in threads:
             t.join(2)
         daemon.close()
-        if daemon.proc.returncode == 0 and not os.environ.get("DEMO_KEEP_LOG"):
+        if daemon.proc.returncode == 0 and not args.keep_log:
             os.unlink(daemon.log.name)
         else:
             print(f"demo: phalanxd log kept at {daemon.log.name}", file=sys.stderr)
@@ -563,51 +633,36 @@ def subscribe_handshake(cfg: Config, w: Watch) -> None:
             raise CannotStart("the subscriber never received the publisher's events")
 
 
-def settle(cfg: Config, w: Watch, submitted: int) -> None:
-    """Let the last killed workers come back and the last results be published."""
+def settle(cfg: Config, w: Watch, submitted: int) -> dict[str, Any]:
+    """Let killed workers come back and the last results be published;
+    return the daemon's stats (empty if it no longer answers)."""
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        status = ctlclient.call(cfg.control_endpoint, "status")
-        if (all(s["state"] == "RUNNING" for s in status)
-                and w.kinds["worker.started"] >= w.kinds["worker.exited"]
-                and sum(w.result_ids.values()) >= submitted):
-            return
-        time.sleep(0.05)  # polling another process's state
+    try:
+        while time.monotonic() < deadline:
+            status = ctlclient.call(cfg.control_endpoint, "status", timeout=1.0)
+            if (all(s["state"] == "RUNNING" for s in status)
+                    and w.kinds["worker.started"] >= w.kinds["worker.exited"]
+                    and sum(w.result_ids.values()) >= submitted):
+                break
+            time.sleep(0.05)  # polling another process's state
+        stats: dict[str, Any] = ctlclient.call(cfg.control_endpoint, "stats", timeout=1.0)
+        return stats
+    except (ctlclient.Unreachable, ctlclient.ControlError):
+        return {}
 
 
-def emergency_stop(daemon: DaemonProcess, seen: dict[int, psutil.Process]) -> None:
+def emergency_stop(daemon: DaemonProcess, workers: Workers) -> None:
     """Interrupted or failed: stop the daemon fast, whatever it was doing."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip this
     for proc in daemon.descendants():
-        seen.setdefault(proc.pid, proc)
+        workers.remember(proc.pid)
     # First SIGTERM drains, second stops at once; then no more asking.
     if daemon.stop(2.0) is None and daemon.stop(daemon.cfg.shutdown.stop_timeout + 2) is None:
         daemon.kill()
-    for proc in seen.values():
-        try:
-            if proc.is_running():
-                proc.kill()
-        except psutil.NoSuchProcess:
-            pass
+    workers.kill_all()
 
 
-def leftovers(seen: dict[int, psutil.Process]) -> list[int]:
-    """Worker processes still alive (zombies awaiting a reaper do not count)."""
-    deadline = time.monotonic() + 2
-    while True:
-        alive = []
-        for proc in seen.values():
-            try:
-                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(proc.pid)
-            except psutil.NoSuchProcess:
-                pass
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.05)  # orphans may take a moment to be reaped
-
-
-def summarize(args: argparse.Namespace, cfg: Config, tally: Tally, poison: list[int],
+def summarize(args: argparse.Namespace, cfg: Config, tally: Tally, poison: list[tuple[int, str]],
               w: Watch, killed: list[int], stats: dict[str, Any],
               elapsed: float) -> dict[str, Any]:
     o = outcome(tally, poison)
@@ -643,18 +698,28 @@ def summarize(args: argparse.Namespace, cfg: Config, tally: Tally, poison: list[
     }
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m supervisor.demo", description=__doc__.split("\n")[0]
                                 if __doc__ else None)
     p.add_argument("--config", metavar="PATH",
                    help="phalanxd config (default: config/phalanx.toml of this checkout)")
-    p.add_argument("--tasks", type=int, default=20000, metavar="N", help="tasks to run (20000)")
+    p.add_argument("--tasks", type=positive_int, default=20000, metavar="N",
+                   help="tasks to run, besides the 4 poison ones (20000)")
     p.add_argument("--chaos-interval", type=float, default=0.2, metavar="SECONDS",
                    help="SIGKILL a random worker this often (0.2)")
     p.add_argument("--seed", type=int, default=None, help="random seed (task mix and victims)")
     p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                    help="give up waiting for results after this long; unresolved ones are LOST")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--keep-log", action="store_true",
+                   help="keep phalanxd's log file even after a clean stop")
     return p
 
 

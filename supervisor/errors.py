@@ -15,7 +15,13 @@ switch on it. The Python-side classes mirror the names one to one::
         ├── Overloaded         pending queue full, try later
         ├── Paused             intake paused by the operator
         ├── ShuttingDown       daemon is draining
-        └── UnknownCommand     control command not known
+        ├── UnknownCommand     control command not known
+        ├── UnknownSlot        control: no worker slot with that number
+        └── ConfigInvalid      control: reread/update found the file invalid
+                               (wire type "ConfigError")
+
+A control command that fails on a bug answers ``InternalError`` and the
+daemon carries on.
 
 Task outcomes that are not successes use the same shape:
 

@@ -34,6 +34,7 @@ from supervisor.protocol import (
     NO_ARGS,
     NO_KWARGS,
     Ack,
+    RefOnly,
     ErrorReply,
     Ping,
     Pong,
@@ -87,7 +88,7 @@ def handle(d: Daemon, frames: list[bytes]) -> None:
     try:
         request = intake_decoder.decode(body)
     except msgspec.ValidationError as exc:
-        _refuse(d, route, req, BadRequest(f"invalid request: {exc}"))
+        _refuse(d, route, req, BadRequest(f"invalid request: {exc}"), body)
         return
     except msgspec.DecodeError as exc:
         _refuse(d, route, req, BadRequest(f"body is not MessagePack: {exc}"))
@@ -99,8 +100,17 @@ def handle(d: Daemon, frames: list[bytes]) -> None:
         submit(d, route, req, request)
 
 
-def _refuse(d: Daemon, route: bytes, req: bool, err: RequestError) -> None:
-    d.send_reply(route, encoder.encode(ErrorReply(error_raw(err.type, err.message))), req)
+def _refuse(d: Daemon, route: bytes, req: bool, err: RequestError, body: bytes = b"") -> None:
+    ref = None
+    if body:
+        try:  # echo the request's ref if the body is a readable map
+            ref = _ref_decoder.decode(body).ref
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+    d.send_reply(route, encoder.encode(ErrorReply(error_raw(err.type, err.message), ref)), req)
+
+
+_ref_decoder = msgspec.msgpack.Decoder(RefOnly)
 
 
 def request_refusal(d: Daemon) -> RequestError | None:
@@ -152,24 +162,24 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
     replays: list[Result] = []
     refusal = request_refusal(d)
     now = time.monotonic()
-    for spec in request.tasks:
+    for index, spec in enumerate(request.tasks):
         err = refusal or check(d, spec)
         if err is not None:
             error = error_raw(err.type, err.message)
             if group is not None:
                 group.results.append(Result(spec.id, spec.task, False, 0, error=error))
             else:
-                rejected.append(Rejected(spec.id, error))
+                rejected.append(Rejected(spec.id, index, error))
             continue
         task_id = spec.id
         if task_id is not None:
             existing = table.by_id.get(task_id)
             if existing is not None:
-                # Same id again (a client retrying after a reconnect): one
-                # run, and the answer goes to the latest submitter.
-                existing.route = None if req else route
+                # Same id again (a client retrying after a reconnect, or two
+                # clients agreeing on an id): one run, and every submitter
+                # gets its own copy of the one result.
+                existing.also_notify(None if req else route, group)
                 if group is not None:
-                    existing.group = group
                     group.waiting += 1
                 accepted.append(task_id)
                 continue
@@ -204,6 +214,6 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
         if group.waiting == 0:
             d.send_reply(route, encoder.encode(Results(group.results)), req=True)
         return
-    d.send_reply(route, encoder.encode(Ack(accepted, rejected)))
+    d.send_reply(route, encoder.encode(Ack(accepted, rejected, request.ref)))
     if replays:
         d.send_reply(route, encoder.encode(Results(replays)))

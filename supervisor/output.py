@@ -32,15 +32,13 @@ class RingLog:
         return self.start + len(self._buf)
 
     def write(self, data: bytes) -> None:
-        if not data:
-            return
         buf = self._buf
         buf += data
         excess = len(buf) - self.capacity
         if excess > 0:
             del buf[:excess]
             self.start += excess
-        if self.path is not None:
+        if self.path is not None and data:
             self._write_file(data)
 
     def read(self, offset: int | None, nbytes: int) -> tuple[bytes, int, bool]:

@@ -35,8 +35,18 @@ class TaskIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_attempts: int | None = None  # overrides tasks.max_attempts
 
 
+Ref = int | str | None  # a client's request reference, echoed in the reply
+
+
 class Submit(msgspec.Struct, tag_field="op", tag="submit", forbid_unknown_fields=True):
     tasks: list[TaskIn]
+    ref: Ref = None
+
+
+class RefOnly(msgspec.Struct):
+    """Enough of a refused request to echo its ``ref`` back."""
+
+    ref: Ref = None
 
 
 class Ping(msgspec.Struct, tag_field="op", tag="ping", forbid_unknown_fields=True):
@@ -48,12 +58,14 @@ IntakeRequest = Submit | Ping
 
 class Rejected(msgspec.Struct):
     id: str | None
+    index: int  # position of the task in the request's ``tasks``
     error: msgspec.Raw
 
 
-class Ack(msgspec.Struct, tag_field="op", tag="ack"):
+class Ack(msgspec.Struct, tag_field="op", tag="ack", omit_defaults=True):
     accepted: list[str]
     rejected: list[Rejected]
+    ref: Ref = None
 
 
 class Result(msgspec.Struct, omit_defaults=True):
@@ -76,8 +88,9 @@ class Pong(msgspec.Struct, tag_field="op", tag="pong"):
     workers: int
 
 
-class ErrorReply(msgspec.Struct, tag_field="op", tag="error"):
+class ErrorReply(msgspec.Struct, tag_field="op", tag="error", omit_defaults=True):
     error: msgspec.Raw
+    ref: Ref = None
 
 
 # ------------------------------------------------------------- publisher

@@ -30,6 +30,8 @@ _DAEMON_ONLY = {
     ("endpoints", "control"),
     ("workers", "start_method"),
     ("workers", "preload"),
+    # Baked into the intake socket's MAXMSGSIZE and each worker's limits.
+    ("tasks", "max_message_bytes"),
 }
 _WORKERS = {("tasks", "allow")}
 

@@ -33,7 +33,7 @@ class Task:
 
     __slots__ = (
         "key", "id", "name", "args", "kwargs", "route", "group",
-        "attempts", "crashes", "max_attempts", "timeout", "slot", "accepted_at",
+        "attempts", "crashes", "max_attempts", "timeout", "slot", "accepted_at", "extra",
     )
 
     def __init__(
@@ -62,6 +62,13 @@ class Task:
         self.timeout = timeout
         self.slot: int | None = None
         self.accepted_at = accepted_at  # monotonic; for latency statistics
+        # Further submitters of the same id: (route, group) pairs.
+        self.extra: list[tuple[bytes | None, ReplyGroup | None]] | None = None
+
+    def also_notify(self, route: bytes | None, group: ReplyGroup | None) -> None:
+        if self.extra is None:
+            self.extra = []
+        self.extra.append((route, group))
 
 
 class ReplyGroup:

@@ -184,10 +184,15 @@ def test_bad_endpoint_names_the_key(key: str, value: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["tcp://127.0.0.1:1", "tcp://*:5555", "ipc:///run/x.sock", "inproc://x"]
+    "value", ["tcp://127.0.0.1:1", "tcp://*:5555", "ipc:///run/x.sock"]
 )
 def test_good_endpoints_are_accepted(value: str) -> None:
     assert config.parse({"endpoints": {"intake": value}}).endpoints.intake == value
+
+
+def test_inproc_endpoint_is_refused() -> None:
+    """inproc:// would bind an endpoint no client process could ever reach."""
+    assert parse_error({"endpoints": {"intake": "inproc://x"}}).startswith("endpoints.intake: ")
 
 
 def test_backoff_max_below_backoff_initial_is_an_error() -> None:

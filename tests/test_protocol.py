@@ -201,11 +201,13 @@ def test_results_reply_is_tagged_with_op() -> None:
 
 
 def test_ack_lists_accepted_and_rejected_with_raw_error() -> None:
-    body = encoder.encode(Ack(["a"], [Rejected("b", error_raw("UnknownTask", "no"))]))
+    """A rejection names the task's id and position; ref is echoed only if given."""
+    body = encoder.encode(Ack(["a"], [Rejected("b", 1, error_raw("UnknownTask", "no"))]))
     assert dec(body) == {
         "op": "ack", "accepted": ["a"],
-        "rejected": [{"id": "b", "error": {"type": "UnknownTask", "message": "no"}}],
+        "rejected": [{"id": "b", "index": 1, "error": {"type": "UnknownTask", "message": "no"}}],
     }
+    assert dec(encoder.encode(Ack(["a"], [], ref=7)))["ref"] == 7
 
 
 def test_error_map_includes_traceback_only_when_given() -> None:
