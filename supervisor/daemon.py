@@ -658,7 +658,11 @@ class Daemon:
             elif action == "reload":
                 self.reload()
             elif action == "reopen_logs":
-                pass  # logs go to stderr/journald; nothing to reopen yet
+                # After logrotate moved the files: reopen on next write.
+                for rings in self.outputs.values():
+                    for ring in rings.values():
+                        ring.reopen()
+                log.info("log_files_reopened")
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file and apply it (as phalanxctl update)."""

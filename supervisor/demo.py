@@ -362,6 +362,7 @@ class Progress:
         self.tty = sys.stderr.isatty()
         self.started = time.monotonic()
         self.last = 0.0
+        self.width = 0  # of the line drawn last, to blank what a shorter one leaves
 
     def show(self, done: int, killed: int, retries: int, final: bool = False) -> None:
         now = time.monotonic()
@@ -374,7 +375,9 @@ class Progress:
         line = (f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
                 f"{rate:,.0f} tasks/s  killed {killed}  retries {retries}")
         if self.tty:
-            sys.stderr.write("\r" + line + ("\n" if final else ""))
+            pad = " " * max(0, self.width - len(line))
+            self.width = len(line)
+            sys.stderr.write("\r" + line + pad + ("\n" if final else ""))
         else:
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
