@@ -154,6 +154,12 @@ class _TaskOut(msgspec.Struct, omit_defaults=True):
     kwargs: dict[str, Any] | None = None
     timeout: float | None = None
     max_attempts: int | None = None
+    soft_timeout: float | None = None
+
+
+# Per-submit options: (timeout, max_attempts, soft_timeout).
+Opts = tuple[float | None, int | None, float | None]
+NO_OPTS: Opts = (None, None, None)
 
 
 class _Submit(msgspec.Struct, tag_field="op", tag="submit"):
@@ -235,7 +241,7 @@ class _Api:
     """Submission methods shared by Client and its with_options views."""
 
     _client: Client
-    _opts: tuple[float | None, int | None]
+    _opts: Opts
 
     def submit(self, task: str | Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
         """Run ``task(*args, **kwargs)`` on a worker; returns a Future."""
@@ -307,14 +313,17 @@ class _Api:
             raise _error_of(failures[min(failures)])
         return out
 
-    def with_options(self, *, timeout: float | None = None,
-                     max_attempts: int | None = None) -> _Options:
-        """A view of this client whose submissions carry these options."""
-        return _Options(self._client, (timeout, max_attempts))
+    def with_options(self, *, timeout: float | None = None, max_attempts: int | None = None,
+                     soft_timeout: float | None = None) -> _Options:
+        """A view of this client whose submissions carry these options:
+        ``timeout`` (seconds before the worker is killed and the task fails
+        with Timeout), ``soft_timeout`` (seconds before SoftTimeout is raised
+        inside the task), ``max_attempts`` (runs allowed when workers die)."""
+        return _Options(self._client, (timeout, max_attempts, soft_timeout))
 
 
 class _Options(_Api):
-    def __init__(self, client: Client, opts: tuple[float | None, int | None]) -> None:
+    def __init__(self, client: Client, opts: Opts) -> None:
         self._client = client
         self._opts = opts
 
@@ -325,13 +334,13 @@ class Client(_Api):
     def __init__(self, endpoint: str | list[str] = DEFAULT_ENDPOINT, *,
                  connect_timeout: float | None = None) -> None:
         self._client = self
-        self._opts = (None, None)
+        self._opts = NO_OPTS
         self._endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._prefix = uuid.uuid4().hex[:12] + "-"
         self._counter = itertools.count()
         self._pending: dict[str, Any] = {}
-        self._outq: deque[tuple[str, str, Any, Any, Any, Any]] = deque()
+        self._outq: deque[tuple[str, str, Any, Any, Opts]] = deque()
         # Submitted batches awaiting their ack, by the ref the daemon echoes
         # (with several endpoints, acks from different daemons interleave).
         self._unacked: dict[int, list[str]] = {}
@@ -390,7 +399,7 @@ class Client(_Api):
         """Round trip to the daemon; returns its version, boot id, workers."""
         fut: Future[_Pong] = Future()
         self._pong = fut
-        self._outq.append(("", "", None, None, None, None))  # ping marker
+        self._outq.append(("", "", None, None, NO_OPTS))  # ping marker
         self._wake()
         pong = fut.result(timeout)
         return msgspec.structs.asdict(pong)
@@ -401,19 +410,19 @@ class Client(_Api):
 
     # ---------------------------------------------------------- submission
     def _submit_one(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
-                    opts: tuple[float | None, int | None]) -> AsyncResult:
+                    opts: Opts) -> AsyncResult:
         if self._closing:
             raise RuntimeError("client is closed")
         fut = AsyncResult()
         task_id = f"{self._prefix}{next(self._counter)}"
         self._pending[task_id] = fut
-        self._outq.append((task_id, name, args, kwargs, opts[0], opts[1]))
+        self._outq.append((task_id, name, args, kwargs, opts))
         if self._idle:
             self._wake()
         return fut
 
     def _stream(self, name: str, arg_tuples: Iterable[tuple[Any, ...]],
-                opts: tuple[float | None, int | None]) -> Iterator[tuple[int, _Res]]:
+                opts: Opts) -> Iterator[tuple[int, _Res]]:
         """Feed tasks in a bounded window; yield (index, result) as they come."""
         if self._closing:
             raise RuntimeError("client is closed")
@@ -426,14 +435,13 @@ class Client(_Api):
         outq = self._outq
         prefix = self._prefix
         counter = self._counter
-        timeout, attempts = opts
         while True:
             while not exhausted and outstanding < STREAM_WINDOW:
                 n = 0
                 for args in itertools.islice(it, MAX_BATCH):
                     task_id = f"{prefix}{next(counter)}"
                     pending[task_id] = (coll, index)
-                    outq.append((task_id, name, args, None, timeout, attempts))
+                    outq.append((task_id, name, args, None, opts))
                     index += 1
                     n += 1
                 if n == 0:
@@ -505,11 +513,11 @@ class Client(_Api):
             items: list[_TaskOut] = []
             ids: list[str] = []
             while outq and len(items) < MAX_BATCH:
-                task_id, name, args, kwargs, timeout, attempts = outq.popleft()
+                task_id, name, args, kwargs, opts = outq.popleft()
                 if not name:
                     sock.send(_encoder.encode({"op": "ping"}))
                     continue
-                items.append(_TaskOut(name, task_id, args, kwargs, timeout, attempts))
+                items.append(_TaskOut(name, task_id, args, kwargs, *opts))
                 ids.append(task_id)
             if not items:
                 continue

@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from supervisor import __version__
 from supervisor.config import to_dict
 from supervisor.errors import BadRequest, ConfigError, RequestError
@@ -67,31 +65,13 @@ def _int_arg(args: dict[str, Any], key: str, default: int | None) -> int | None:
 
 
 # ------------------------------------------------------------ per slot
-_procs: dict[int, psutil.Process] = {}
-
-
-def _usage(pid: int | None) -> tuple[int | None, float | None]:
-    """RSS bytes and CPU percent since the previous call, via psutil."""
-    if pid is None:
-        return None, None
-    proc = _procs.get(pid)
-    try:
-        if proc is None:
-            proc = _procs[pid] = psutil.Process(pid)
-            proc.cpu_percent(None)  # first call only primes the counter
-        return proc.memory_info().rss, proc.cpu_percent(None)
-    except psutil.Error:
-        _procs.pop(pid, None)
-        return None, None
-
-
 def slot_info(d: Daemon, slot: Slot) -> dict[str, Any]:
     now = time.monotonic()
     current = None
     if slot.inflight:
         head = slot.inflight[0]
         current = {"id": head.id, "task": head.name, "for": round(now - slot.head_since, 3)}
-    rss, cpu = _usage(slot.pid)
+    rss, cpu = slot.handle.usage() if slot.handle is not None else (None, None)
     return {
         "slot": slot.index,
         "state": slot.state.name,

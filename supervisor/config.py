@@ -48,6 +48,13 @@ class WorkersSection(_Section, frozen=True):
     preload: list[ModuleName] = []
     # Upper bound on tasks a worker may hold at once (prefetch window).
     max_prefetch: PositiveInt = 256
+    # Recycling: a worker that has run this many tasks, or whose RSS passed
+    # max_memory_mb (checked every second, between tasks), finishes what it
+    # holds and is replaced. 0: never. Each worker's task limit is raised by
+    # a random 0..recycle_jitter fraction so workers do not recycle at once.
+    max_tasks_per_worker: NonNegInt = 0
+    max_memory_mb: NonNegInt = 0
+    recycle_jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.1
 
 
 class EndpointsSection(_Section, frozen=True):
@@ -65,6 +72,11 @@ class TasksSection(_Section, frozen=True):
     retry_timeouts: bool = False
     max_message_bytes: PositiveInt = 16 * 1024 * 1024
     max_pending: PositiveInt = 1_000_000
+    # Bytes of arguments held for unfinished tasks before Overloaded.
+    max_pending_bytes: PositiveInt = 1024 * 1024 * 1024
+    # Seconds after which SoftTimeout is raised inside the task (it may
+    # clean up); 0: none. The hard `timeout` still kills the worker.
+    soft_timeout: NonNegFloat = 0.0
     # Finished results remembered per id so a client that resubmits after a
     # reconnect gets the same answer instead of a second run.
     result_cache: NonNegInt = 10_000
@@ -82,6 +94,11 @@ class RestartSection(_Section, frozen=True):
     # fatal_cooldown seconds (0: stays FATAL until an operator starts it).
     max_backoffs: PositiveInt = 8
     fatal_cooldown: NonNegFloat = 60.0
+    # Daemon-wide intensity: more than daemon_max_restarts worker restarts
+    # (all slots together) within daemon_period seconds is a crash loop of
+    # the whole pool: every restart then waits backoff_max. 0: no limit.
+    daemon_max_restarts: NonNegInt = 100
+    daemon_period: PositiveFloat = 10.0
     # Seconds a new worker may take to say hello before it is killed.
     start_timeout: PositiveFloat = 30.0
 

@@ -49,7 +49,8 @@ def on_readable(d: Daemon) -> None:
             reply: dict[str, Any] = {"ok": True, "result": handler(d, request.args)}
         except RequestError as err:
             reply = {"ok": False, "error": {"type": err.type, "message": err.message}}
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+            # RecursionError: msgspec refusing deeply nested input (bad input, not a bug)
             reply = {"ok": False, "error": {"type": "BadRequest", "message": str(exc)}}
         except Exception as exc:  # a bug in one command must not stop the daemon
             log.exception("control_command_failed")

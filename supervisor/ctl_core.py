@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, Self, TextIO
 
 from supervisor import ctlclient
 
@@ -167,6 +170,44 @@ class Ctl:
 
     def warn(self, text: str) -> None:
         print(f"phalanxctl: {text}", file=self.err, flush=True)
+
+
+class Interrupt:
+    """Ctrl-C as a flag for the commands that keep running (tail -f, top, events).
+
+    A KeyboardInterrupt raised in the middle of a ZeroMQ call can leave a
+    socket half closed and the process hanging at exit, so while one of
+    these commands runs the SIGINT handler only sets ``requested``; the
+    loop checks it between requests and leaves cleanly. An inherited
+    SIG_IGN (a background job of a script) is respected, as tail(1) does.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._installed = False
+        self._old: Any = None
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+            if self._old is not signal.SIG_IGN:
+                signal.signal(signal.SIGINT, self._on_sigint)
+                self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._old if self._old is not None else signal.SIG_DFL)
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True if Ctrl-C came (at once)."""
+        deadline = time.monotonic() + seconds
+        while not self.requested and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
+        return self.requested
 
 
 def parse_slots(values: list[str], *, required: bool) -> Slots | None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from supervisor import ctl_render as render
 from supervisor.client import Subscriber
-from supervisor.ctl_core import EXIT_OK, Ctl, UsageError
+from supervisor.ctl_core import EXIT_OK, Ctl, Interrupt, UsageError
 
 POLL_INTERVAL = 0.2  # tail -f: seconds between polls when nothing is new
 CHUNK = 64 * 1024  # tail -f: bytes asked for per poll
@@ -64,8 +64,8 @@ def _tail(ctl: Ctl, fetch: Fetch, ns: argparse.Namespace) -> int:
     if not ns.follow:
         return EXIT_OK
     offset = res.get("offset", 0)
-    try:
-        while True:
+    with Interrupt() as stop:
+        while not stop.requested:
             res = fetch(offset, CHUNK)
             if res.get("overflow"):
                 ctl.warn("output was lost: the buffer overflowed before it could be read")
@@ -73,10 +73,9 @@ def _tail(ctl: Ctl, fetch: Fetch, ns: argparse.Namespace) -> int:
             new = res.get("offset", offset)
             # Caught up: wait; still behind (a full chunk came): ask again now.
             if new - offset < CHUNK:
-                time.sleep(POLL_INTERVAL)
+                stop.sleep(POLL_INTERVAL)
             offset = new
-    except KeyboardInterrupt:
-        return EXIT_OK
+    return EXIT_OK
 
 
 def _show_chunk(ctl: Ctl, res: dict[str, Any], first: bool) -> None:
@@ -135,16 +134,16 @@ def _screen(ctl: Ctl) -> Iterator[int | None]:
         ctl.out.flush()
 
 
-def _quit_pressed(fd: int | None, wait: float) -> bool:
+def _quit_pressed(fd: int | None, wait: float, stop: Interrupt) -> bool:
+    """Wait ``wait`` seconds; True if q or Ctrl-C came meanwhile."""
     if fd is None:
-        time.sleep(wait)
-        return False
+        return stop.sleep(wait)
     deadline = time.monotonic() + wait
-    while (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([fd], [], [], left)
+    while not stop.requested and (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], min(left, 0.1))
         if ready and os.read(fd, 1) in (b"q", b"Q"):
             return True
-    return False
+    return stop.requested
 
 
 def cmd_top(ctl: Ctl, ns: argparse.Namespace) -> int:
@@ -152,30 +151,26 @@ def cmd_top(ctl: Ctl, ns: argparse.Namespace) -> int:
         raise UsageError("top: --delay must be > 0")
     frames = 1 if ns.once else ns.iterations
     shown = 0
-    try:
-        with _screen(ctl) if not (ns.once or ctl.json) else contextlib.nullcontext() as fd:
-            while True:
-                st = ctl.call("stats", {})
-                slots = ctl.call("status", {})
-                now = time.time()
-                if ctl.json:
-                    line = {"time": now, "stats": st, "status": slots}
-                    print(json.dumps(line, default=str), file=ctl.out, flush=True)
-                else:
-                    clear = "\x1b[H\x1b[2J" if fd is not None else ""
-                    ctl.out.write(clear + render.top_frame(st, slots, now) + "\n")
-                    if fd is not None:
-                        ctl.out.write("\n(q to quit)")
-                    ctl.out.flush()
-                shown += 1
-                if frames and shown >= frames:
-                    return EXIT_OK
-                if _quit_pressed(fd, ns.delay):
-                    return EXIT_OK
-                if fd is None and not ctl.json:
-                    ctl.out.write("\n")
-    except KeyboardInterrupt:
-        return EXIT_OK
+    screen = _screen(ctl) if not (ns.once or ctl.json) else contextlib.nullcontext()
+    with Interrupt() as stop, screen as fd:
+        while not stop.requested:
+            st = ctl.call("stats", {})
+            slots = ctl.call("status", {})
+            now = time.time()
+            if ctl.json:
+                line = {"time": now, "stats": st, "status": slots}
+                print(json.dumps(line, default=str), file=ctl.out, flush=True)
+            else:
+                clear = "\x1b[H\x1b[2J" if fd is not None else ""
+                hint = "\n(q to quit)" if fd is not None else ""
+                ctl.out.write(clear + render.top_frame(st, slots, now) + "\n" + hint)
+                ctl.out.flush()
+            shown += 1
+            if (frames and shown >= frames) or _quit_pressed(fd, ns.delay, stop):
+                break
+            if fd is None and not ctl.json:
+                ctl.out.write("\n")  # frames one after another: a blank line between
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- events
@@ -202,19 +197,16 @@ def cmd_events(ctl: Ctl, ns: argparse.Namespace) -> int:
     endpoint = ns.publisher or ctl.call("config", {})["endpoints"]["publisher"]
     topics = ns.topics or ["event."]
     seen = 0
-    with Subscriber(connectable(endpoint), topics=topics) as sub:
-        try:
-            while not ns.count or seen < ns.count:
-                msg = sub.recv(timeout=0.5)
-                if msg is None:
-                    continue
-                seen += 1
-                if ctl.json:
-                    line = json.dumps({"topic": msg.topic, "body": msg.body}, default=str)
-                    print(line, file=ctl.out, flush=True)
-                else:
-                    for text in render.event_lines(msg.topic, msg.body, time.time()):
-                        print(text, file=ctl.out, flush=True)
-        except KeyboardInterrupt:
-            pass
+    with Interrupt() as stop, Subscriber(connectable(endpoint), topics=topics) as sub:
+        while not stop.requested and (not ns.count or seen < ns.count):
+            msg = sub.recv(timeout=0.2)
+            if msg is None:
+                continue
+            seen += 1
+            if ctl.json:
+                line = json.dumps({"topic": msg.topic, "body": msg.body}, default=str)
+                print(line, file=ctl.out, flush=True)
+            else:
+                for text in render.event_lines(msg.topic, msg.body, time.time()):
+                    print(text, file=ctl.out, flush=True)
     return EXIT_OK

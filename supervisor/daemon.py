@@ -36,6 +36,7 @@ import signal
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from typing import Any
 import structlog
 import zmq
 
-from supervisor import __version__, control, intake, logs, policy, reconfig
+from supervisor import __version__, control, intake, logs, policy, reaper, reconfig
 from supervisor import config as config_mod
 from supervisor.config import Config
 from supervisor.errors import TIMEOUT, WORKER_CRASHED, ConfigError, StartupError, describe_exit
@@ -107,6 +108,8 @@ class Daemon:
         self._fd_slot: dict[int, Slot] = {}
         self.unroutable = 0
         self._maintenance = False  # some slot is waiting to retire or recycle
+        self._pool_restarts: deque[float] = deque()
+        self._pool_crash_loop = False
         self.outputs: dict[int, dict[str, RingLog]] = {}
         self.task_counts: dict[str, list[int]] = {}  # name -> [succeeded, failed]
         self.latency = LatencyHistogram()
@@ -152,6 +155,7 @@ class Daemon:
         self._watch(self.control, lambda ev: control.on_readable(self))
         self._watch(self.pub_sock, lambda ev: self.publisher.on_readable())
         self._install_signals()
+        self.subreaper = reaper.become_subreaper()
         if self.cfg.workers.start_method == "forkserver":
             preload = ["workers.loop", *self.allow, *self.cfg.workers.preload]
             self.mp.set_forkserver_preload(preload)
@@ -185,6 +189,8 @@ class Daemon:
                     f"(mode {info.st_mode & 0o777:o}); make it 0700"
                 )
             self._lock_fd = os.open(path / "phalanxd.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except FileExistsError:  # mkdir's "File exists" would hide the cause
+            raise StartupError(f"runtime directory {path} exists but is not a directory") from None
         except OSError as exc:
             raise StartupError(f"runtime directory {path}: {exc.strerror}") from None
         try:
@@ -290,6 +296,11 @@ class Daemon:
         slot.generation += 1
         slot.started_at = now
         slot.running_since = 0.0
+        slot.assigned = 0
+        limit = self.cfg.workers.max_tasks_per_worker
+        if limit:
+            limit += int(limit * self.rng.uniform(0, self.cfg.workers.recycle_jitter))
+        slot.task_limit = limit
         try:
             handle = WorkerHandle.spawn(
                 self.mp, slot.index, self.allow, self.cfg.tasks.max_message_bytes
@@ -446,6 +457,8 @@ class Daemon:
                 count[1] += 1
             self._deliver(task, result)
         slot.head_since = now
+        if slot.task_limit and slot.assigned >= slot.task_limit and not slot.recycle:
+            self.recycle_slot(slot, "max_tasks_per_worker")
         return True
 
     def _deliver(self, task: Task, result: Result) -> None:
@@ -499,6 +512,7 @@ class Daemon:
         self._fd_slot.pop(handle.fd, None)
         handle.release()
         reap_group(handle.pid)  # grandchildren the task left behind
+        self.at(now + 0.01, self._reap_orphans)  # and those that left the group
         slot.handle = None
         pid, slot.pid = slot.pid, None
         slot.last_exit = how
@@ -561,6 +575,18 @@ class Daemon:
             slot.backoffs = 0
         decision = policy.decide(slot, now, self.cfg.restart, self.rng)
         slot.restart_count += 1
+        if policy.pool_crash_loop(self._pool_restarts, now, self.cfg.restart):
+            if not self._pool_crash_loop:
+                self._pool_crash_loop = True
+                log.error("pool_crash_loop", restarts=len(self._pool_restarts),
+                          period=self.cfg.restart.daemon_period)
+                self.publisher.event("supervisor.crash_loop", restarts=len(self._pool_restarts))
+            if decision.action == "restart":
+                decision = policy.Decision("backoff", self.cfg.restart.backoff_max)
+        elif self._pool_crash_loop:
+            self._pool_crash_loop = False
+            log.info("pool_crash_loop_over")
+            self.publisher.event("supervisor.crash_loop_over")
         if decision.action == "restart":
             self.start_slot(slot)
         elif decision.action == "backoff":
@@ -608,7 +634,9 @@ class Daemon:
             if was_idle:
                 slot.head_since = now
             handle: WorkerHandle = slot.handle
-            handle.write(encoder.encode([(t.key, t.name, t.args, t.kwargs) for t in tasks]))
+            handle.write(
+                encoder.encode([(t.key, t.name, t.args, t.kwargs, t.soft_timeout) for t in tasks])
+            )
             if handle.wants_write:
                 self._update_interest(slot)
 
@@ -666,7 +694,17 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file and apply it (as phalanxctl update)."""
-        self.notifier.reloading()
+        if self.draining:
+            # READY=1 after STOPPING=1 would tell systemd we are up again,
+            # and a grown pool would start workers the drain never stops.
+            log.warning("reload_ignored_while_stopping")
+            return
+        # Before the first READY=1 systemd still waits for start-up: a
+        # reload's READY=1 would report us up while workers are starting.
+        # _on_hello sends it once every slot (added ones too) is RUNNING.
+        announce = self.ready_sent
+        if announce:
+            self.notifier.reloading()
         self.publisher.event("supervisor.reloading")
         try:
             changes = self.update_from_file()
@@ -675,7 +713,8 @@ class Daemon:
             self.publisher.event("supervisor.reload_failed", error=str(exc))
         else:
             log.info("reload_done", changes=[c.key for c in changes])
-        self.notifier.ready(self._status_line())
+        if announce:
+            self.notifier.ready(self._status_line())
 
     def reread(self) -> tuple[Config, list[reconfig.Change]]:
         source = self.cfg.source
@@ -690,6 +729,8 @@ class Daemon:
 
     def apply_config(self, new: Config) -> list[reconfig.Change]:
         """Apply a new configuration without dropping an accepted task."""
+        if self.draining:  # new workers now would outlive the drain
+            raise ConfigError("the daemon is stopping; configuration not applied")
         old = self.cfg
         changes = reconfig.diff(old, new)
         self.cfg = reconfig.effective(old, new)
@@ -739,6 +780,34 @@ class Daemon:
         for slot in sorted(active, key=lambda s: s.index)[target:]:
             slot.retire = True
             self._maintenance = True
+
+    def _reap_orphans(self) -> None:
+        if not self.subreaper:
+            return
+        keep = reaper.multiprocessing_helpers()
+        keep.update(s.handle.pid for s in self.slots if s.handle is not None)
+        found = reaper.reap_orphans(keep)
+        if found:
+            log.info("orphans_reaped", count=found)
+            # Killed ones become zombies a moment later: reap them soon.
+            self.at(time.monotonic() + 0.05, self._reap_orphans)
+
+    def recycle_slot(self, slot: Slot, reason: str) -> None:
+        """Replace this slot's worker once it has finished what it holds."""
+        slot.recycle = True
+        self._maintenance = True
+        log.info("worker_recycling", slot=slot.index, pid=slot.pid, reason=reason)
+        self.publisher.event("worker.recycling", slot=slot.index, pid=slot.pid, reason=reason)
+
+    def _check_memory(self) -> None:
+        limit = self.cfg.workers.max_memory_mb * 1024 * 1024
+        if not limit:
+            return
+        for slot in self.slots:
+            if slot.state is S.RUNNING and not slot.recycle and slot.handle is not None:
+                rss, _ = slot.handle.usage()
+                if rss is not None and rss > limit:
+                    self.recycle_slot(slot, f"max_memory_mb: rss {rss // (1024 * 1024)} MiB")
 
     def recycle_all(self) -> None:
         """Rolling restart: every slot gets a fresh worker, one at a time."""
@@ -790,8 +859,10 @@ class Daemon:
             if slot.state is not S.RUNNING or slot.inflight:
                 continue  # let it finish what it holds
             if slot.recycle and not slot.retire:
+                # One worker in transition at a time (a slot parked in
+                # BACKOFF/FATAL/STOPPED does not hold the others back).
                 others_down = any(
-                    s is not slot and not s.retire and s.state is not S.RUNNING
+                    s is not slot and not s.retire and s.state in (S.STARTING, S.STOPPING)
                     for s in self.slots
                 )
                 if others_down:
@@ -912,6 +983,8 @@ class Daemon:
     def _report_status(self) -> None:
         now = time.monotonic()
         self.rate.sample(now, self.table.succeeded + self.table.failed)
+        self._check_memory()
+        self._reap_orphans()
         self.latency.rotate(now)
         self.notifier.status(self._status_line())
 

@@ -604,6 +604,9 @@ def run(args: argparse.Namespace) -> int:
     except CannotStart as exc:
         print(f"demo: cannot start phalanxd: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START
+    except (ctlclient.Unreachable, ctlclient.ControlError) as exc:
+        print(f"demo: phalanxd's control socket failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("\ndemo: interrupted; stopping phalanxd", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -709,8 +712,10 @@ def positive_int(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m supervisor.demo", description=__doc__.split("\n")[0]
-                                if __doc__ else None)
+    p = argparse.ArgumentParser(
+        prog="python -m supervisor.demo",
+        description="Start phalanxd, stream tasks through it while SIGKILLing its workers, "
+                    "and prove from task ids that nothing was lost or duplicated.")
     p.add_argument("--config", metavar="PATH",
                    help="phalanxd config (default: config/phalanx.toml of this checkout)")
     p.add_argument("--tasks", type=positive_int, default=20000, metavar="N",

@@ -93,6 +93,9 @@ def handle(d: Daemon, frames: list[bytes]) -> None:
     except msgspec.DecodeError as exc:
         _refuse(d, route, req, BadRequest(f"body is not MessagePack: {exc}"))
         return
+    except RecursionError:  # msgspec's answer to deep nesting; must not kill the loop
+        _refuse(d, route, req, BadRequest("body is nested too deeply"))
+        return
     if isinstance(request, Ping):
         pong = Pong(__version__, PROTOCOL_VERSION, d.boot, len(d.slots))
         d.send_reply(route, encoder.encode(pong), req)
@@ -105,7 +108,7 @@ def _refuse(d: Daemon, route: bytes, req: bool, err: RequestError, body: bytes =
     if body:
         try:  # echo the request's ref if the body is a readable map
             ref = _ref_decoder.decode(body).ref
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             pass
     d.send_reply(route, encoder.encode(ErrorReply(error_raw(err.type, err.message), ref)), req)
 
@@ -148,8 +151,16 @@ def check(d: Daemon, spec: TaskIn) -> RequestError | None:
         return BadRequest("timeout must be a number >= 0")
     if spec.max_attempts is not None and spec.max_attempts < 1:
         return BadRequest("max_attempts must be >= 1")
-    if len(d.table) >= d.cfg.tasks.max_pending:
-        return Overloaded(f"{len(d.table)} tasks pending, limit {d.cfg.tasks.max_pending}")
+    if spec.soft_timeout is not None and not spec.soft_timeout >= 0:
+        return BadRequest("soft_timeout must be a number >= 0")
+    table = d.table
+    limits = d.cfg.tasks
+    if len(table) >= limits.max_pending:
+        return Overloaded(f"{len(table)} tasks pending, limit {limits.max_pending}")
+    if table.pending_bytes >= limits.max_pending_bytes:
+        return Overloaded(
+            f"{table.pending_bytes} bytes of pending arguments, limit {limits.max_pending_bytes}"
+        )
     return None
 
 
@@ -205,6 +216,7 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
             defaults.timeout if spec.timeout is None else spec.timeout,
             group,
             now,
+            defaults.soft_timeout if spec.soft_timeout is None else spec.soft_timeout,
         )
         if group is not None:
             group.waiting += 1

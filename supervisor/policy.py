@@ -10,6 +10,7 @@ backoffs the slot is FATAL; it tries again after ``fatal_cooldown``.
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,6 +43,14 @@ def decide(slot: Slot, now: float, policy: RestartSection, rng: random.Random) -
     spread = base * policy.backoff_jitter
     delay = max(0.0, base + rng.uniform(-spread, spread))
     return Decision("backoff", delay)
+
+
+def pool_crash_loop(history: deque[float], now: float, policy: RestartSection) -> bool:
+    """Record a restart of any slot; True if the whole pool is crash-looping."""
+    history.append(now)
+    while history and now - history[0] > policy.daemon_period:
+        history.popleft()
+    return policy.daemon_max_restarts > 0 and len(history) > policy.daemon_max_restarts
 
 
 def stable(slot: Slot, now: float, policy: RestartSection) -> bool:

@@ -33,6 +33,7 @@ class TaskIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     kwargs: msgspec.Raw = EMPTY  # MessagePack map with str keys
     timeout: float | None = None  # seconds; overrides tasks.timeout
     max_attempts: int | None = None  # overrides tasks.max_attempts
+    soft_timeout: float | None = None  # overrides tasks.soft_timeout
 
 
 Ref = int | str | None  # a client's request reference, echoed in the reply
@@ -112,6 +113,7 @@ class Work(msgspec.Struct, array_like=True):
     task: str
     args: msgspec.Raw
     kwargs: msgspec.Raw
+    soft_timeout: float = 0.0  # seconds; SoftTimeout is raised in the task
 
 
 class Done(msgspec.Struct, array_like=True):

@@ -84,6 +84,8 @@ class Slot:
     # holds no task: retire = stop and remove; recycle = stop and restart.
     retire: bool = False
     recycle: bool = False
+    task_limit: int = 0  # tasks the current worker may take before recycling
+    assigned: int = 0  # tasks handed to the current worker
     timed_out: int | None = None  # key of the task whose deadline killed the worker
     handle: Any = None  # the I/O shell's process/pipe object
 
@@ -104,7 +106,10 @@ class Slot:
     def free(self) -> int:
         if self.state is not SlotState.RUNNING or self.retire or self.recycle:
             return 0
-        return max(0, self.window - len(self.inflight))
+        free = self.window - len(self.inflight)
+        if self.task_limit:
+            free = min(free, self.task_limit - self.assigned)
+        return max(0, free)
 
     def observe(self, now: float, finished: int) -> None:
         """Update the service-time estimate after ``finished`` results arrive."""

@@ -33,7 +33,7 @@ class Task:
 
     __slots__ = (
         "key", "id", "name", "args", "kwargs", "route", "group",
-        "attempts", "crashes", "max_attempts", "timeout", "slot", "accepted_at", "extra",
+        "attempts", "crashes", "max_attempts", "timeout", "slot", "accepted_at", "extra", "soft_timeout", "size",
     )
 
     def __init__(
@@ -48,6 +48,7 @@ class Task:
         timeout: float,
         group: ReplyGroup | None = None,
         accepted_at: float = 0.0,
+        soft_timeout: float = 0.0,
     ) -> None:
         self.key = key
         self.id = id
@@ -62,6 +63,8 @@ class Task:
         self.timeout = timeout
         self.slot: int | None = None
         self.accepted_at = accepted_at  # monotonic; for latency statistics
+        self.soft_timeout = soft_timeout
+        self.size = len(args) + len(kwargs)  # payload bytes held for it
         # Further submitters of the same id: (route, group) pairs.
         self.extra: list[tuple[bytes | None, ReplyGroup | None]] | None = None
 
@@ -99,6 +102,7 @@ class TaskTable:
         self._cache: OrderedDict[str, object] = OrderedDict()
         self._cache_size = result_cache
         self.accepted = 0
+        self.pending_bytes = 0
         self.succeeded = 0
         self.failed = 0
         self.retried = 0
@@ -119,6 +123,7 @@ class TaskTable:
         self.by_id[task.id] = task
         self.queue.append(task)
         self.accepted += 1
+        self.pending_bytes += task.size
 
     def resize_cache(self, size: int) -> None:
         self._cache_size = size
@@ -137,11 +142,13 @@ class TaskTable:
         for task in taken:
             task.slot = index
         slot.inflight.extend(taken)
+        slot.assigned += n
         return taken
 
     def finish(self, task: Task, ok: bool, result: object | None = None) -> None:
         """The task's one result is out: forget it (remember the answer)."""
         del self.by_key[task.key]
+        self.pending_bytes -= task.size
         if self.by_id.get(task.id) is task:
             del self.by_id[task.id]
         if ok:

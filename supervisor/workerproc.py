@@ -50,6 +50,7 @@ class WorkerHandle:
         self._out = bytearray()
         self._max_frame = max_frame
         self.eof = False
+        self._ps: psutil.Process | None = None
         self._running: Any = None  # shared c_longlong set by spawn()
 
     @classmethod
@@ -201,6 +202,16 @@ class WorkerHandle:
                 continue
             except PermissionError:
                 continue
+
+    def usage(self) -> tuple[int | None, float | None]:
+        """RSS bytes and CPU percent since the previous call (psutil)."""
+        try:
+            if self._ps is None:
+                self._ps = psutil.Process(self.pid)
+                self._ps.cpu_percent(None)  # the first call only primes it
+            return self._ps.memory_info().rss, self._ps.cpu_percent(None)
+        except psutil.Error:
+            return None, None
 
     def signal_tree(self, sig: int) -> None:
         """Signal the worker's process group and every descendant, even ones

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["echo", "noop", "say", "sleep", "burn", "fail", "crash", "alloc", "pid", "spawn_child"]
+__all__ = ["echo", "noop", "say", "sabotage", "sleep", "burn", "fail", "crash", "alloc", "pid", "spawn_child"]
 
 
 def echo(x: Any = None) -> Any:
@@ -79,6 +79,22 @@ def alloc(mb: int, hold: float = 0.0) -> int:
     if hold:
         time.sleep(hold)
     return len(block)
+
+
+def sabotage(mode: str = "garbage", linger: float = 5.0) -> None:
+    """Attack this worker's own pipe to the supervisor: ``close_pipe`` closes
+    it and keeps running for ``linger`` seconds; ``garbage`` writes bytes
+    that are not a valid frame."""
+    from workers import loop
+
+    if mode == "close_pipe":
+        os.close(loop.PIPE_FD)
+        time.sleep(linger)
+    elif mode == "garbage":
+        os.write(loop.PIPE_FD, b"\xff\xff\xff\x7fnot a frame at all")
+        time.sleep(linger)
+    else:
+        raise ValueError(f"unknown sabotage mode {mode!r} (close_pipe, garbage)")
 
 
 def pid() -> int:

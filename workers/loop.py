@@ -29,6 +29,9 @@ import msgspec
 from supervisor.protocol import Batch, Done, Hello, Work, encoder, error_map
 from workers import registry
 
+# The worker's end of its pipe to the supervisor (for workers.builtin:sabotage).
+PIPE_FD = -1
+
 # Results held back at most this long while later tasks of a batch run.
 FLUSH_AFTER = 0.001
 
@@ -41,6 +44,15 @@ def _failure(type_: str, message: str, tb: str | None = None) -> msgspec.Raw:
     return msgspec.Raw(encoder.encode(error_map(type_, message, tb)))
 
 
+class SoftTimeout(Exception):
+    """Raised inside a task that ran past its soft timeout, so it can clean
+    up; if it swallows this and runs on, the hard timeout still applies."""
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    raise SoftTimeout("task ran past its soft timeout")
+
+
 def run_one(
     work: Work, tasks: dict[str, registry.TaskFn], max_result_bytes: int
 ) -> Done:
@@ -50,10 +62,20 @@ def run_one(
     try:
         args = _args_decoder.decode(work.args) if work.args else []
         kwargs = _kwargs_decoder.decode(work.kwargs) if work.kwargs else {}
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
+        # RecursionError: nested deeper than msgspec decodes. The daemon's
+        # own check of the request runs at a shallower stack, so such
+        # arguments can get this far; they are bad input, not a crash.
         return Done(work.key, False, _failure("BadRequest", f"arguments: {exc}"))
+    soft = work.soft_timeout
     try:
-        value = fn(*args, **kwargs)
+        if soft > 0:
+            signal.setitimer(signal.ITIMER_REAL, soft)
+        try:
+            value = fn(*args, **kwargs)
+        finally:
+            if soft > 0:
+                signal.setitimer(signal.ITIMER_REAL, 0)
     except Exception as exc:  # noqa: BLE001 - any error a task raises is its result
         return Done(
             work.key,
@@ -62,7 +84,7 @@ def run_one(
         )
     try:
         encoded = encoder.encode(value)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         return Done(work.key, False, _failure("Unserializable", f"result: {exc}"))
     if len(encoded) > max_result_bytes:
         return Done(
@@ -139,7 +161,10 @@ def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
     # about shutdown from their pipe closing.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGALRM, _on_alarm)
     os.environ["PHALANX_SLOT"] = str(slot)
+    global PIPE_FD
+    PIPE_FD = conn.fileno()
     tasks, errors = registry.load(allow)
     conn.send_bytes(encoder.encode(Hello(os.getpid(), sorted(tasks), errors)))
     try:
