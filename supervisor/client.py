@@ -155,6 +155,7 @@ class _TaskOut(msgspec.Struct, omit_defaults=True):
     timeout: float | None = None
     max_attempts: int | None = None
     soft_timeout: float | None = None
+    chunk: bool = False
 
 
 # Per-submit options: (timeout, max_attempts, soft_timeout).
@@ -222,18 +223,32 @@ def task_name(task: str | Callable[..., Any]) -> str:
 
 
 class _Collector:
-    """Where map/imap results land: one queue put per incoming message."""
+    """Where map/imap results land: one queue put per incoming message.
+
+    Each outcome is ``(index, ok, value)``; when not ok, value is the TaskError.
+    """
 
     __slots__ = ("q", "batch")
 
     def __init__(self) -> None:
-        self.q: queue.SimpleQueue[list[tuple[int, _Res]]] = queue.SimpleQueue()
-        self.batch: list[tuple[int, _Res]] | None = None
+        self.q: queue.SimpleQueue[list[tuple[int, bool, Any]]] = queue.SimpleQueue()
+        self.batch: list[tuple[int, bool, Any]] | None = None
 
 
 def _error_of(res: _Res) -> TaskError:
     err = res.error or _Err("Unknown", "no error detail")
     return TaskError(err.type, err.message, err.traceback, res.id)
+
+
+def _auto_chunksize(iterable: Iterable[Any]) -> int:
+    """Like Pool.map: big inputs travel in chunks, small ones item by item.
+
+    Capped at 64 so that a worker crash re-runs little work."""
+    try:
+        n = len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return 1
+    return max(1, min(64, n // 1024))
 
 
 # ---------------------------------------------------------------- API
@@ -272,45 +287,59 @@ class _Api:
               kwds: dict[str, Any] | None = None) -> Any:
         return self.apply_async(task, args, kwds).result()
 
-    def imap_unordered(self, task: str | Callable[..., Any], iterable: Iterable[Any]) -> Iterator[Any]:
+    def imap_unordered(self, task: str | Callable[..., Any], iterable: Iterable[Any],
+                       chunksize: int = 1) -> Iterator[Any]:
         """Results as they complete; raises TaskError at the first failure."""
-        for _, res in self._client._stream(task_name(task), ((x,) for x in iterable), self._opts):
-            if not res.ok:
-                raise _error_of(res)
-            yield res.value
+        stream = self._client._stream(task_name(task), ((x,) for x in iterable), self._opts,
+                                      chunksize)
+        for _, ok, value in stream:
+            if not ok:
+                raise value
+            yield value
 
-    def imap(self, task: str | Callable[..., Any], iterable: Iterable[Any]) -> Iterator[Any]:
+    def imap(self, task: str | Callable[..., Any], iterable: Iterable[Any],
+             chunksize: int = 1) -> Iterator[Any]:
         """Results in submission order, yielded as soon as each is next."""
-        held: dict[int, _Res] = {}
+        held: dict[int, tuple[bool, Any]] = {}
         want = 0
-        for index, res in self._client._stream(task_name(task), ((x,) for x in iterable), self._opts):
-            held[index] = res
+        stream = self._client._stream(task_name(task), ((x,) for x in iterable), self._opts,
+                                      chunksize)
+        for index, ok, value in stream:
+            held[index] = (ok, value)
             while want in held:
-                r = held.pop(want)
+                ok_, value_ = held.pop(want)
                 want += 1
-                if not r.ok:
-                    raise _error_of(r)
-                yield r.value
+                if not ok_:
+                    raise value_
+                yield value_
 
-    def map(self, task: str | Callable[..., Any], iterable: Iterable[Any]) -> list[Any]:
-        """All results, in submission order; raises the first failure in order."""
-        return self._gather(task_name(task), ((x,) for x in iterable))
+    def map(self, task: str | Callable[..., Any], iterable: Iterable[Any],
+            chunksize: int | None = None) -> list[Any]:
+        """All results, in submission order; raises the first failure in order.
 
-    def starmap(self, task: str | Callable[..., Any], iterable: Iterable[Iterable[Any]]) -> list[Any]:
-        return self._gather(task_name(task), (tuple(x) for x in iterable))
+        ``chunksize`` items travel and run as one task (default: chosen from
+        the input's length, at most 64); a worker crash re-runs its chunk."""
+        size = chunksize or _auto_chunksize(iterable)
+        return self._gather(task_name(task), ((x,) for x in iterable), size)
 
-    def _gather(self, name: str, arg_tuples: Iterable[tuple[Any, ...]]) -> list[Any]:
+    def starmap(self, task: str | Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                chunksize: int | None = None) -> list[Any]:
+        size = chunksize or _auto_chunksize(iterable)
+        return self._gather(task_name(task), (tuple(x) for x in iterable), size)
+
+    def _gather(self, name: str, arg_tuples: Iterable[tuple[Any, ...]], chunksize: int
+                ) -> list[Any]:
         out: list[Any] = []
-        failures: dict[int, _Res] = {}
-        for index, res in self._client._stream(name, arg_tuples, self._opts):
+        first_failure: tuple[int, TaskError] | None = None
+        for index, ok, value in self._client._stream(name, arg_tuples, self._opts, chunksize):
             if index >= len(out):
                 out.extend([None] * (index + 1 - len(out)))
-            if res.ok:
-                out[index] = res.value
-            else:
-                failures[index] = res
-        if failures:
-            raise _error_of(failures[min(failures)])
+            if ok:
+                out[index] = value
+            elif first_failure is None or index < first_failure[0]:
+                first_failure = (index, value)
+        if first_failure is not None:
+            raise first_failure[1]
         return out
 
     def with_options(self, *, timeout: float | None = None, max_attempts: int | None = None,
@@ -340,7 +369,7 @@ class Client(_Api):
         self._prefix = uuid.uuid4().hex[:12] + "-"
         self._counter = itertools.count()
         self._pending: dict[str, Any] = {}
-        self._outq: deque[tuple[str, str, Any, Any, Opts]] = deque()
+        self._outq: deque[tuple[str, str, Any, Any, Opts, bool]] = deque()
         # Submitted batches awaiting their ack, by the ref the daemon echoes
         # (with several endpoints, acks from different daemons interleave).
         self._unacked: dict[int, list[str]] = {}
@@ -399,7 +428,7 @@ class Client(_Api):
         """Round trip to the daemon; returns its version, boot id, workers."""
         fut: Future[_Pong] = Future()
         self._pong = fut
-        self._outq.append(("", "", None, None, NO_OPTS))  # ping marker
+        self._outq.append(("", "", None, None, NO_OPTS, False))  # ping marker
         self._wake()
         pong = fut.result(timeout)
         return msgspec.structs.asdict(pong)
@@ -416,14 +445,14 @@ class Client(_Api):
         fut = AsyncResult()
         task_id = f"{self._prefix}{next(self._counter)}"
         self._pending[task_id] = fut
-        self._outq.append((task_id, name, args, kwargs, opts))
+        self._outq.append((task_id, name, args, kwargs, opts, False))
         if self._idle:
             self._wake()
         return fut
 
-    def _stream(self, name: str, arg_tuples: Iterable[tuple[Any, ...]],
-                opts: Opts) -> Iterator[tuple[int, _Res]]:
-        """Feed tasks in a bounded window; yield (index, result) as they come."""
+    def _stream(self, name: str, arg_tuples: Iterable[tuple[Any, ...]], opts: Opts,
+                chunksize: int = 1) -> Iterator[tuple[int, bool, Any]]:
+        """Feed tasks in a bounded window; yield (index, ok, value) as they come."""
         if self._closing:
             raise RuntimeError("client is closed")
         coll = _Collector()
@@ -435,15 +464,27 @@ class Client(_Api):
         outq = self._outq
         prefix = self._prefix
         counter = self._counter
+        chunk = chunksize > 1
+        per_message = MAX_BATCH * chunksize
         while True:
             while not exhausted and outstanding < STREAM_WINDOW:
                 n = 0
-                for args in itertools.islice(it, MAX_BATCH):
-                    task_id = f"{prefix}{next(counter)}"
-                    pending[task_id] = (coll, index)
-                    outq.append((task_id, name, args, None, opts))
-                    index += 1
-                    n += 1
+                if chunk:
+                    items = list(itertools.islice(it, per_message))
+                    for start in range(0, len(items), chunksize):
+                        part = items[start:start + chunksize]
+                        task_id = f"{prefix}{next(counter)}"
+                        pending[task_id] = (coll, index, len(part))
+                        outq.append((task_id, name, part, None, opts, True))
+                        index += len(part)
+                    n = len(items)
+                else:
+                    for args in itertools.islice(it, MAX_BATCH):
+                        task_id = f"{prefix}{next(counter)}"
+                        pending[task_id] = (coll, index)
+                        outq.append((task_id, name, args, None, opts, False))
+                        index += 1
+                        n += 1
                 if n == 0:
                     exhausted = True
                     break
@@ -513,11 +554,11 @@ class Client(_Api):
             items: list[_TaskOut] = []
             ids: list[str] = []
             while outq and len(items) < MAX_BATCH:
-                task_id, name, args, kwargs, opts = outq.popleft()
+                task_id, name, args, kwargs, opts, chunk = outq.popleft()
                 if not name:
                     sock.send(_encoder.encode({"op": "ping"}))
                     continue
-                items.append(_TaskOut(name, task_id, args, kwargs, *opts))
+                items.append(_TaskOut(name, task_id, args, kwargs, *opts, chunk))
                 ids.append(task_id)
             if not items:
                 continue
@@ -583,11 +624,19 @@ class Client(_Api):
             if sink is None:
                 continue  # a duplicate answer for an id already settled
             if sink.__class__ is tuple:
-                coll, index = sink
-                if coll.batch is None:
-                    coll.batch = []
+                coll = sink[0]
+                batch = coll.batch
+                if batch is None:
+                    batch = coll.batch = []
                     touched.append(coll)
-                coll.batch.append((index, res))
+                if len(sink) == 2:
+                    index = sink[1]
+                    if res.ok:
+                        batch.append((index, True, res.value))
+                    else:
+                        batch.append((index, False, _error_of(res)))
+                else:
+                    self._chunk_outcomes(batch, sink[1], sink[2], res)
             elif sink.done():
                 continue  # cancelled by the caller meanwhile
             elif res.ok:
@@ -595,17 +644,35 @@ class Client(_Api):
             else:
                 sink.set_exception(_error_of(res))
         for coll in touched:
-            batch, coll.batch = coll.batch, None
-            coll.q.put(batch)  # type: ignore[arg-type]
+            done, coll.batch = coll.batch, None
+            coll.q.put(done)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _chunk_outcomes(batch: list[tuple[int, bool, Any]], start: int, count: int,
+                        res: _Res) -> None:
+        """Spread a chunk's result ([ok, value-or-error] per item) over its items."""
+        outcomes = res.value if res.ok else None
+        if not isinstance(outcomes, list) or len(outcomes) != count:
+            err = _error_of(res) if not res.ok else TaskError(
+                "BadResponse", "chunk result does not match the chunk", task_id=res.id)
+            batch.extend((start + j, False, err) for j in range(count))
+            return
+        for j, outcome in enumerate(outcomes):
+            if outcome[0]:
+                batch.append((start + j, True, outcome[1]))
+            else:
+                e = outcome[1] if isinstance(outcome[1], dict) else {}
+                batch.append((start + j, False, TaskError(
+                    str(e.get("type", "Unknown")), str(e.get("message", "")),
+                    e.get("traceback"), res.id)))
 
     def _complete_error(self, task_id: str, err: TaskError) -> None:
         sink = self._pending.pop(task_id, None)
         if sink is None:
             return
         if sink.__class__ is tuple:
-            coll, index = sink
-            coll.q.put([(index, _Res(task_id, "", False, 0, None,
-                                     _Err(err.type, err.message, err.traceback)))])
+            count = sink[2] if len(sink) == 3 else 1
+            sink[0].q.put([(sink[1] + j, False, err) for j in range(count)])
         elif not sink.done():
             sink.set_exception(err)
 

@@ -635,7 +635,9 @@ class Daemon:
                 slot.head_since = now
             handle: WorkerHandle = slot.handle
             handle.write(
-                encoder.encode([(t.key, t.name, t.args, t.kwargs, t.soft_timeout) for t in tasks])
+                encoder.encode(
+                    [(t.key, t.name, t.args, t.kwargs, t.soft_timeout, t.chunk) for t in tasks]
+                )
             )
             if handle.wants_write:
                 self._update_interest(slot)

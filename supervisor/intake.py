@@ -217,6 +217,7 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
             group,
             now,
             defaults.soft_timeout if spec.soft_timeout is None else spec.soft_timeout,
+            spec.chunk,
         )
         if group is not None:
             group.waiting += 1

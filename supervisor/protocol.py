@@ -34,6 +34,9 @@ class TaskIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout: float | None = None  # seconds; overrides tasks.timeout
     max_attempts: int | None = None  # overrides tasks.max_attempts
     soft_timeout: float | None = None  # overrides tasks.soft_timeout
+    # A chunk: ``args`` is an array of argument arrays, the function runs
+    # once per item, and the value is an array of [ok, value-or-error].
+    chunk: bool = False
 
 
 Ref = int | str | None  # a client's request reference, echoed in the reply
@@ -114,6 +117,7 @@ class Work(msgspec.Struct, array_like=True):
     args: msgspec.Raw
     kwargs: msgspec.Raw
     soft_timeout: float = 0.0  # seconds; SoftTimeout is raised in the task
+    chunk: bool = False
 
 
 class Done(msgspec.Struct, array_like=True):

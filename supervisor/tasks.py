@@ -33,7 +33,7 @@ class Task:
 
     __slots__ = (
         "key", "id", "name", "args", "kwargs", "route", "group",
-        "attempts", "crashes", "max_attempts", "timeout", "slot", "accepted_at", "extra", "soft_timeout", "size",
+        "attempts", "crashes", "max_attempts", "timeout", "slot", "accepted_at", "extra", "soft_timeout", "size", "chunk",
     )
 
     def __init__(
@@ -49,6 +49,7 @@ class Task:
         group: ReplyGroup | None = None,
         accepted_at: float = 0.0,
         soft_timeout: float = 0.0,
+        chunk: bool = False,
     ) -> None:
         self.key = key
         self.id = id
@@ -64,6 +65,7 @@ class Task:
         self.slot: int | None = None
         self.accepted_at = accepted_at  # monotonic; for latency statistics
         self.soft_timeout = soft_timeout
+        self.chunk = chunk
         self.size = len(args) + len(kwargs)  # payload bytes held for it
         # Further submitters of the same id: (route, group) pairs.
         self.extra: list[tuple[bytes | None, ReplyGroup | None]] | None = None

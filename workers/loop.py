@@ -53,6 +53,27 @@ def _on_alarm(signum: int, frame: object) -> None:
     raise SoftTimeout("task ran past its soft timeout")
 
 
+def _run_chunk(fn: registry.TaskFn, items: list[Any], kwargs: dict[str, Any]) -> list[Any]:
+    """Run ``fn`` once per item; each outcome is ``[ok, value or error map]``.
+
+    One item raising fails that item only. A SoftTimeout fails the item it
+    interrupted and every item after it: the chunk's time is up.
+    """
+    if not all(isinstance(item, list) for item in items):
+        raise TypeError("a chunk's args must be an array of argument arrays")
+    out: list[Any] = []
+    for n, item in enumerate(items):
+        try:
+            out.append([True, fn(*item, **kwargs)])
+        except SoftTimeout as exc:
+            failure = error_map("SoftTimeout", str(exc))
+            out.extend([False, failure] for _ in items[n:])
+            break
+        except Exception as exc:  # noqa: BLE001 - an item's error is its outcome
+            out.append([False, error_map(type(exc).__name__, str(exc), traceback.format_exc())])
+    return out
+
+
 def run_one(
     work: Work, tasks: dict[str, registry.TaskFn], max_result_bytes: int
 ) -> Done:
@@ -72,7 +93,7 @@ def run_one(
         if soft > 0:
             signal.setitimer(signal.ITIMER_REAL, soft)
         try:
-            value = fn(*args, **kwargs)
+            value = _run_chunk(fn, args, kwargs) if work.chunk else fn(*args, **kwargs)
         finally:
             if soft > 0:
                 signal.setitimer(signal.ITIMER_REAL, 0)
@@ -163,6 +184,12 @@ def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGALRM, _on_alarm)
     os.environ["PHALANX_SLOT"] = str(slot)
+    # msgspec refuses nesting deeper than the recursion limit minus the
+    # current stack. The daemon checks requests with that budget at a
+    # shallower stack than ours (forkserver bootstrap frames), so without
+    # headroom arguments it accepted could fail to decode here and kill
+    # every worker they reach.
+    sys.setrecursionlimit(sys.getrecursionlimit() + 100)
     global PIPE_FD
     PIPE_FD = conn.fileno()
     tasks, errors = registry.load(allow)
