@@ -30,7 +30,7 @@ import os
 import queue
 import threading
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, Self
@@ -41,7 +41,8 @@ import zmq
 DEFAULT_ENDPOINT = os.environ.get("PHALANX_ENDPOINT", "tcp://127.0.0.1:7455")
 DEFAULT_PUBLISHER = os.environ.get("PHALANX_PUBLISHER", "tcp://127.0.0.1:7456")
 MAX_BATCH = 1024  # tasks per message, well under the daemon's size limit
-STREAM_WINDOW = 65_536  # tasks a map/imap keeps in flight at once
+STREAM_WINDOW = 65_536
+UNACKED_KEPT = 4096  # recent requests whose refusal could still arrive  # tasks a map/imap keeps in flight at once
 
 
 class TaskError(Exception):
@@ -166,6 +167,9 @@ NO_OPTS: Opts = (None, None, None)
 class _Submit(msgspec.Struct, tag_field="op", tag="submit"):
     tasks: list[_TaskOut]
     ref: int
+    # No ack: refusals come back as failed results, one message less per
+    # request on the latency path. A refused request still gets its error.
+    ack: bool = False
 
 
 class _Err(msgspec.Struct):
@@ -372,7 +376,7 @@ class Client(_Api):
         self._outq: deque[tuple[str, str, Any, Any, Opts, bool]] = deque()
         # Submitted batches awaiting their ack, by the ref the daemon echoes
         # (with several endpoints, acks from different daemons interleave).
-        self._unacked: dict[int, list[str]] = {}
+        self._unacked: OrderedDict[int, list[str]] = OrderedDict()
         self._refs = itertools.count(1)
         self._idle = False
         self._closing = False
@@ -570,7 +574,12 @@ class Client(_Api):
                 if not items:
                     continue
                 body = _encoder.encode(_Submit(items, ref))
-            self._unacked[ref] = ids
+            unacked = self._unacked
+            unacked[ref] = ids
+            # Without acks nothing confirms a request; only a refusal (which
+            # the daemon sends at once) needs the ids, so keep the recent.
+            if len(unacked) > UNACKED_KEPT:
+                unacked.popitem(last=False)
             sock.send(body, 0, copy=len(body) < 65536)
 
     def _drop_unencodable(self, items: list[_TaskOut], ids: list[str]

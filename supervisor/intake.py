@@ -179,8 +179,10 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
             error = error_raw(err.type, err.message)
             if group is not None:
                 group.results.append(Result(spec.id, spec.task, False, 0, error=error))
-            else:
+            elif request.ack:
                 rejected.append(Rejected(spec.id, index, error))
+            else:
+                replays.append(Result(spec.id, spec.task, False, 0, error=error))
             continue
         task_id = spec.id
         if task_id is not None:
@@ -227,6 +229,7 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
         if group.waiting == 0:
             d.send_reply(route, encoder.encode(Results(group.results)), req=True)
         return
-    d.send_reply(route, encoder.encode(Ack(accepted, rejected, request.ref)))
+    if request.ack:
+        d.send_reply(route, encoder.encode(Ack(accepted, rejected, request.ref)))
     if replays:
         d.send_reply(route, encoder.encode(Results(replays)))

@@ -45,6 +45,9 @@ Ref = int | str | None  # a client's request reference, echoed in the reply
 class Submit(msgspec.Struct, tag_field="op", tag="submit", forbid_unknown_fields=True):
     tasks: list[TaskIn]
     ref: Ref = None
+    # False: no ack; a refused task is answered as a failed result instead,
+    # saving one message per request (what the Python client does).
+    ack: bool = True
 
 
 class RefOnly(msgspec.Struct):
