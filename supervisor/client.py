@@ -32,191 +32,35 @@ import threading
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from typing import Any, Self
 
 import msgspec
 import zmq
 
+from supervisor.client_wire import NO_OPTS, Opts
+from supervisor.client_wire import Ack as _Ack
+from supervisor.client_wire import Err as _Err
+from supervisor.client_wire import ErrorReply as _ErrorReply
+from supervisor.client_wire import Pong as _Pong
+from supervisor.client_wire import Res as _Res
+from supervisor.client_wire import Results as _Results
+from supervisor.client_wire import Submit as _Submit
+from supervisor.client_wire import TaskOut as _TaskOut
+from supervisor.client_wire import decoder as _decoder
+from supervisor.client_wire import encoder as _encoder
+from supervisor.futures import AsyncResult, TaskError
+from supervisor.subscriber import DEFAULT_PUBLISHER, Message, Subscriber
+
+__all__ = [
+    "DEFAULT_ENDPOINT", "DEFAULT_PUBLISHER", "AsyncResult", "Client", "Message",
+    "Subscriber", "TaskError", "task_name",
+]
+
 DEFAULT_ENDPOINT = os.environ.get("PHALANX_ENDPOINT", "tcp://127.0.0.1:7455")
-DEFAULT_PUBLISHER = os.environ.get("PHALANX_PUBLISHER", "tcp://127.0.0.1:7456")
 MAX_BATCH = 1024  # tasks per message, well under the daemon's size limit
-STREAM_WINDOW = 65_536
-UNACKED_KEPT = 4096  # recent requests whose refusal could still arrive  # tasks a map/imap keeps in flight at once
-
-
-class TaskError(Exception):
-    """A task did not succeed: it raised, its worker died, it timed out, or
-    the daemon refused it. ``type`` is the stable name (``UnknownTask``,
-    ``WorkerCrashed``, ``Timeout``, or the task's exception class name)."""
-
-    def __init__(self, type: str, message: str, traceback: str | None = None,
-                 task_id: str | None = None) -> None:
-        super().__init__(f"{type}: {message}")
-        self.type = type
-        self.message = message
-        self.traceback = traceback
-        self.task_id = task_id
-
-
-# Why a lazily built Condition: concurrent.futures.Future.__init__ builds a
-# threading.Condition (an RLock plus bound methods), which is most of the
-# ~4 us a Future costs and most of the garbage a million of them make. A
-# Future that nobody waits on before it completes never needs one. So the
-# Condition is created on first use (under one module lock), and completion
-# takes a fast path while no Condition exists: no thread can be waiting
-# then, because waiting (result(), wait(), as_completed()) always goes
-# through ``_condition`` first, which creates it under the same lock. Once
-# it exists, every method behaves exactly as the standard Future's.
-_LAZY = threading.Lock()
-_DONE_STATES = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED"})
-
-
-class AsyncResult(Future[Any]):
-    """A concurrent.futures.Future that also answers multiprocessing's
-    AsyncResult methods (get, wait, ready, successful)."""
-
-    def __init__(self) -> None:  # no super().__init__: see above
-        self._state = "PENDING"
-        self._result: Any = None
-        self._exception: BaseException | None = None
-        self._waiters: list[Any] = []
-        self._done_callbacks: list[Any] = []
-
-    def __getattr__(self, name: str) -> Any:
-        if name != "_condition":
-            raise AttributeError(name)
-        with _LAZY:
-            cond = self.__dict__.get("_condition")
-            if cond is None:
-                cond = self.__dict__["_condition"] = threading.Condition()
-        return cond
-
-    def _complete(self, result: Any, exception: BaseException | None) -> None:
-        already = None
-        with _LAZY:
-            fast = "_condition" not in self.__dict__
-            if fast:
-                if self._state in _DONE_STATES:
-                    already = self._state
-                else:
-                    self._result = result
-                    self._exception = exception
-                    self._state = "FINISHED"
-        if already is not None:  # raised outside the lock: repr() takes it
-            raise InvalidStateError(f"{already}: {self!r}")
-        if fast:
-            if self._done_callbacks:
-                self._invoke_callbacks()
-        elif exception is None:
-            super().set_result(result)
-        else:
-            super().set_exception(exception)
-
-    def set_result(self, result: Any) -> None:
-        self._complete(result, None)
-
-    def set_exception(self, exception: BaseException | None) -> None:
-        self._complete(None, exception)
-
-    def result(self, timeout: float | None = None) -> Any:
-        if self._state == "FINISHED":  # final: no lock needed to read it
-            if self._exception is not None:
-                raise self._exception
-            return self._result
-        return super().result(timeout)
-
-    def done(self) -> bool:
-        return self._state in _DONE_STATES
-
-    def get(self, timeout: float | None = None) -> Any:
-        return self.result(timeout)
-
-    def wait(self, timeout: float | None = None) -> None:
-        try:
-            self.exception(timeout)
-        except TimeoutError:
-            pass
-
-    def ready(self) -> bool:
-        return self.done()
-
-    def successful(self) -> bool:
-        if not self.done():
-            raise ValueError("result is not ready")
-        return self.exception() is None
-
-
-# ----------------------------------------------------------------- wire
-class _TaskOut(msgspec.Struct, omit_defaults=True):
-    task: str
-    id: str
-    args: tuple[Any, ...] | list[Any] = ()
-    kwargs: dict[str, Any] | None = None
-    timeout: float | None = None
-    max_attempts: int | None = None
-    soft_timeout: float | None = None
-    chunk: bool = False
-
-
-# Per-submit options: (timeout, max_attempts, soft_timeout).
-Opts = tuple[float | None, int | None, float | None]
-NO_OPTS: Opts = (None, None, None)
-
-
-class _Submit(msgspec.Struct, tag_field="op", tag="submit"):
-    tasks: list[_TaskOut]
-    ref: int
-    # No ack: refusals come back as failed results, one message less per
-    # request on the latency path. A refused request still gets its error.
-    ack: bool = False
-
-
-class _Err(msgspec.Struct):
-    type: str
-    message: str
-    traceback: str | None = None
-
-
-class _Res(msgspec.Struct):
-    id: str | None
-    task: str
-    ok: bool
-    attempts: int = 0
-    value: Any = None
-    error: _Err | None = None
-
-
-class _Rejected(msgspec.Struct):
-    id: str | None
-    error: _Err
-    index: int = -1
-
-
-class _Ack(msgspec.Struct, tag_field="op", tag="ack"):
-    accepted: list[str]
-    rejected: list[_Rejected]
-    ref: int | str | None = None
-
-
-class _Results(msgspec.Struct, tag_field="op", tag="results"):
-    results: list[_Res]
-
-
-class _Pong(msgspec.Struct, tag_field="op", tag="pong"):
-    version: str
-    protocol: int
-    boot: str
-    workers: int
-
-
-class _ErrorReply(msgspec.Struct, tag_field="op", tag="error"):
-    error: _Err
-    ref: int | str | None = None
-
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(_Ack | _Results | _Pong | _ErrorReply)
+STREAM_WINDOW = 65_536  # tasks a map/imap keeps in flight at once
+UNACKED_KEPT = 4096  # recent requests whose refusal could still arrive
 
 
 def task_name(task: str | Callable[..., Any]) -> str:
@@ -523,7 +367,7 @@ class Client(_Api):
         poller.register(self._wake_r, zmq.POLLIN)
         try:
             self._io_loop(sock, poller)
-        except BaseException as exc:  # never leave futures hanging silently
+        except BaseException as exc:  # noqa: BLE001 - never leave futures hanging silently
             self._error = exc
             self._fail_all("ClientError", f"client I/O thread failed: {exc!r}")
         finally:
@@ -586,7 +430,7 @@ class Client(_Api):
                           ) -> tuple[list[_TaskOut], list[str]]:
         keep: list[_TaskOut] = []
         keep_ids: list[str] = []
-        for item, task_id in zip(items, ids):
+        for item, task_id in zip(items, ids, strict=True):
             try:
                 _encoder.encode(item)
             except (TypeError, ValueError, OverflowError) as exc:
@@ -691,70 +535,3 @@ class Client(_Api):
         self._outq.clear()
 
 
-# ---------------------------------------------------------------- subscriber
-class Message(msgspec.Struct):
-    topic: str
-    body: dict[str, Any]
-
-
-class Subscriber:
-    """Iterate over what phalanxd publishes: ``result.<task>`` and ``event.<kind>``.
-
-        with Subscriber(topics=["event.worker."]) as sub:
-            for msg in sub:
-                print(msg.topic, msg.body)
-
-    ``gaps`` counts messages missed per topic (seen as jumps in ``seq``).
-    """
-
-    def __init__(self, endpoint: str = DEFAULT_PUBLISHER, topics: Iterable[str] = ("",),
-                 timeout: float | None = None) -> None:
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self._sock = self._ctx.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        for topic in topics:
-            self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        self._sock.connect(endpoint)
-        self._timeout_ms = None if timeout is None else int(timeout * 1000)
-        self._last: dict[tuple[str, str], int] = {}
-        self.gaps: dict[str, int] = {}
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._sock.close(linger=0)
-        self._ctx.term()
-
-    def recv(self, timeout: float | None = None) -> Message | None:
-        """The next message, or None after ``timeout`` seconds."""
-        ms = self._timeout_ms if timeout is None else int(timeout * 1000)
-        if ms is not None and not self._sock.poll(ms):
-            return None
-        topic, body = self._sock.recv_multipart()
-        data = msgspec.msgpack.decode(body)
-        name = topic.decode()
-        key = (data.get("boot", ""), name)
-        seq = data.get("seq")
-        if isinstance(seq, int):
-            last = self._last.get(key)
-            if last is not None and seq > last + 1:
-                self.gaps[name] = self.gaps.get(name, 0) + seq - last - 1
-            self._last[key] = seq
-        return Message(name, data)
-
-    def __iter__(self) -> Iterator[Message]:
-        while True:
-            msg = self.recv()
-            if msg is None:
-                return
-            yield msg
-
-    def results(self) -> Iterator[dict[str, Any]]:
-        """Each published task result on its own (result messages are batched)."""
-        for msg in self:
-            if msg.topic.startswith("result."):
-                yield from msg.body.get("results", [])
