@@ -36,3 +36,13 @@ lint: $(STAMP)
 	$(PY) -m mypy --strict supervisor workers || status=1; \
 	$(PY) -m ruff check supervisor workers tests || status=1; \
 	exit $$status
+
+# Install phalanxd as a systemd service (run as root): a venv in PREFIX,
+# /etc/phalanx/phalanx.toml if absent, the unit in /etc/systemd/system.
+# docs/OPERATIONS.md; e.g. `make install-systemd PREFIX=/srv/phalanx`, or
+# `make install-systemd INSTALL_ARGS=--dry-run` to see the steps first.
+PREFIX       ?= /opt/phalanx
+INSTALL_ARGS ?=
+.PHONY: install-systemd
+install-systemd:
+	sh systemd/install.sh --prefix '$(PREFIX)' --python '$(PYTHON)' $(INSTALL_ARGS)

@@ -157,7 +157,11 @@ class Daemon:
         self._install_signals()
         self.subreaper = reaper.become_subreaper()
         if self.cfg.workers.start_method == "forkserver":
-            preload = ["workers.loop", *self.allow, *self.cfg.workers.preload]
+            # Each child re-runs the main script (phalanxd) before its target;
+            # without its imports (structlog, asyncio, ssl: ~100 ms) cached
+            # here, every worker restart paid for them again.
+            preload = ["supervisor.daemon_main", "multiprocessing.sharedctypes", "workers.loop",
+                       *self.allow, *self.cfg.workers.preload]
             self.mp.set_forkserver_preload(preload)
         log.info(
             "daemon_starting",
