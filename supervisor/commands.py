@@ -152,11 +152,30 @@ def cmd_pid(d: Daemon, args: dict[str, Any]) -> Any:
     return [{"slot": s.index, "pid": s.pid} for s in _slots(d, args, default_all=True)]
 
 
+def _complete_utf8(data: bytes) -> int:
+    """Length of ``data`` without a UTF-8 character cut off at its end."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # the lead byte of the last character
+            need = 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else (
+                4 if byte >> 3 == 0b11110 else 1)
+            return len(data) - back if need > back else len(data)
+    return len(data)
+
+
 def _tail(ring: Any, args: dict[str, Any]) -> dict[str, Any]:
     offset = _int_arg(args, "offset", None)
-    nbytes = _int_arg(args, "bytes", 1600) or 1600
+    nbytes = _int_arg(args, "bytes", None)
+    if nbytes is None:
+        nbytes = 1600  # supervisorctl's default
+    if nbytes < 0:
+        raise BadRequest("bytes must be >= 0")
     data, end, overflow = ring.read(offset, nbytes if offset is None else 1 << 20)
-    return {"data": data.decode("utf-8", "replace"), "offset": end, "overflow": overflow}
+    # A character split across two reads would decode as U+FFFD twice:
+    # hand back only whole characters; the rest comes with the next read.
+    keep = _complete_utf8(data)
+    end -= len(data) - keep
+    return {"data": data[:keep].decode("utf-8", "replace"), "offset": end, "overflow": overflow}
 
 
 def cmd_tail(d: Daemon, args: dict[str, Any]) -> Any:

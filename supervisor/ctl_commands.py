@@ -197,4 +197,6 @@ def arguments(argv: list[str]) -> list[str]:
 
 
 def parse(command: Command, argv: list[str], prog: str) -> argparse.Namespace:
-    return parser_for(command, prog).parse_args(arguments(argv))
+    if command.name in ("tail", "maintail"):
+        argv = arguments(argv)
+    return parser_for(command, prog).parse_args(argv)

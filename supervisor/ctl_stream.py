@@ -59,7 +59,11 @@ Fetch = Callable[[int | None, int], dict[str, Any]]
 
 
 def _tail(ctl: Ctl, fetch: Fetch, ns: argparse.Namespace) -> int:
-    res = fetch(None, ns.bytes)
+    # The daemon reads "bytes": 0 as its default, so -n 0 (only what comes
+    # next) asks for one byte, to learn where the end is, and shows none.
+    res = fetch(None, max(ns.bytes, 1))
+    if ns.bytes == 0:
+        res = {**res, "data": ""}
     _show_chunk(ctl, res, first=True)
     if not ns.follow:
         return EXIT_OK

@@ -58,6 +58,7 @@ from supervisor.protocol import (
     error_raw,
     worker_decoder,
 )
+from supervisor.publisher import SNDHWM as PUBLISH_SNDHWM
 from supervisor.publisher import Publisher
 from supervisor.output import RingLog
 from supervisor.slots import Slot, SlotState
@@ -105,7 +106,6 @@ class Daemon:
         self._deaths: list[Slot] = []
         self._replies: dict[bytes, list[Result]] = {}
         self._published: dict[str, list[Result]] = {}
-        self._fd_slot: dict[int, Slot] = {}
         self.unroutable = 0
         self._maintenance = False  # some slot is waiting to retire or recycle
         self._pool_restarts: deque[float] = deque()
@@ -137,7 +137,7 @@ class Daemon:
             self._bind(self.intake, self.cfg.endpoints.intake, "intake")
             self.pub_sock = self.ctx.socket(zmq.XPUB)
             self.pub_sock.setsockopt(zmq.LINGER, 0)
-            self.pub_sock.setsockopt(zmq.SNDHWM, 100_000)
+            self.pub_sock.setsockopt(zmq.SNDHWM, PUBLISH_SNDHWM)  # see publisher.py
             self._bind(self.pub_sock, self.cfg.endpoints.publisher, "publisher")
             self.control = self.ctx.socket(zmq.ROUTER)
             self.control.setsockopt(zmq.LINGER, 0)
@@ -320,7 +320,6 @@ class Daemon:
         self.publisher.event(
             "worker.spawned", slot=slot.index, pid=handle.pid, generation=slot.generation
         )
-        self._fd_slot[handle.fd] = slot
         self._watch(handle.fd, lambda ev: self._on_pipe(slot, ev))
         self._watch(handle.sentinel, lambda ev: self._deaths.append(slot))
         for name, conn in handle.streams.items():
@@ -511,9 +510,9 @@ class Daemon:
         exitcode = handle.exitcode()
         how = describe_exit(exitcode)
         running_key = handle.running_key()
-        self._unwatch(handle.fd)
+        if not handle.conn.closed:  # once closed, its fd number may be another worker's
+            self._unwatch(handle.fd)
         self._unwatch(handle.sentinel)
-        self._fd_slot.pop(handle.fd, None)
         handle.release()
         reap_group(handle.pid)  # grandchildren the task left behind
         self.at(now + 0.01, self._reap_orphans)  # and those that left the group
@@ -927,8 +926,10 @@ class Daemon:
         # arrived must count, or their tasks would run twice.
         if handle.fd in self._handlers:
             self._read_worker(slot)
-        handle.close_pipe()  # a healthy idle worker exits on EOF
+        # Unwatch before closing: a closed fd's number is soon reused by
+        # another worker's pipe, which must stay watched.
         self._unwatch(handle.fd)
+        handle.close_pipe()  # a healthy idle worker exits on EOF
         handle.signal_tree(signal.SIGTERM)
         generation = slot.generation
         self.at(now + self.cfg.shutdown.stop_timeout, lambda: self._kill_late(slot, generation))

@@ -1,0 +1,201 @@
+"""Targets and the human-readable report.
+
+Each target compares our figure with a threshold, either absolute (a crash
+recovery under 10 ms) or relative to an alternative measured in the same
+run (a ratio: machines are noisy, so ratios are what we report). A figure a
+failed section did not produce shows as ``n/a`` and the target as ERROR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class Target:
+    name: str
+    ours: float | None
+    alt: float | None
+    alt_label: str
+    ratio: float | None  # ours / alt
+    target: str
+    passed: bool | None  # None: not measured
+    unit: str
+
+
+def _get(results: dict[str, Any], *path: str) -> Any:
+    node: Any = results
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def targets(r: dict[str, Any]) -> list[Target]:
+    out: list[Target] = []
+
+    def tput(ours_key: str, alt_key: str, at_least: float) -> None:
+        ours = _get(r, "throughput", ours_key, "best")
+        alt = _get(r, "throughput", alt_key, "best")
+        ratio = _ratio(ours, alt)
+        out.append(Target(
+            f"{_get(r, 'throughput', ours_key, 'label') or ours_key} vs "
+            f"{_get(r, 'throughput', alt_key, 'label') or alt_key}",
+            ours, alt, alt_key, ratio, f"ratio >= {at_least:g}",
+            None if ratio is None else ratio >= at_least, "tasks/s"))
+
+    tput("phalanx.submit", "pool.imap_unordered.c1", 1.5)
+    tput("phalanx.submit", "ppe.submit", 8.0)
+    tput("phalanx.map", "ppe.map.c64", 1.0)
+
+    for q in ("p50", "p99"):
+        ours = _get(r, "latency", "phalanx.submit.result", q)
+        alt = _get(r, "latency", "pool.apply", q)
+        ratio = _ratio(ours, alt)
+        out.append(Target(f"Round trip {q}: submit().result() vs Pool.apply()", ours, alt,
+                          "pool.apply", ratio, "ratio <= 1.0 (no slower)",
+                          None if ratio is None else ratio <= 1.0, "us"))
+
+    def absolute(name: str, path: tuple[str, ...], limit: float, alt: float | None = None,
+                 alt_label: str = "") -> None:
+        ours = _get(r, *path)
+        out.append(Target(name, ours, alt, alt_label, _ratio(ours, alt), f"< {limit:g} ms",
+                          None if ours is None else ours < limit, "ms"))
+
+    pool_respawn = _get(r, "crash_alternatives", "pool_respawn", "p50")
+    absolute("Kill -> worker.spawned, p50", ("crash_recovery", "idle_worker", "spawned", "published", "p50"),
+             10.0, pool_respawn, "Pool respawn p50")
+    absolute("Kill -> worker.started, p50", ("crash_recovery", "idle_worker", "started", "published", "p50"), 20.0)
+    absolute("Kill -> task.retried, p50", ("crash_recovery", "task_in_flight", "retried", "published", "p50"), 10.0)
+    absolute("Poison task: submit -> WorkerCrashed, p50", ("poison", "submit_to_error", "p50"), 100.0)
+
+    alt = _get(r, "memory", "supervisord", "process", "rss")
+    source = _get(r, "memory", "supervisord", "source") or "?"
+    for key, when in (("phalanx_after_throughput", "after throughput"), ("phalanx_at_ready", "idle at ready")):
+        ours = _get(r, "memory", key, "process", "rss")
+        ratio = _ratio(ours, alt)
+        out.append(Target(f"phalanxd RSS {when} vs supervisord idle", ours, alt, f"supervisord, {source}",
+                          ratio, "ratio <= 1.0", None if ratio is None else ratio <= 1.0, "MiB"))
+    return out
+
+
+def as_json(ts: list[Target]) -> list[dict[str, Any]]:
+    return [asdict(t) for t in ts]
+
+
+# ------------------------------------------------------------------ text
+def _fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "n/a"
+    if unit == "tasks/s":
+        return f"{v:,.0f}/s"
+    if unit == "us":
+        return f"{v:,.1f} us"
+    if unit == "ms":
+        return f"{v:.2f} ms"
+    if unit == "MiB":
+        return f"{v:.1f} MiB"
+    return f"{v:g}"
+
+
+def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def render(r: dict[str, Any], ts: list[Target]) -> str:
+    meta = r.get("meta", {})
+    parts = [
+        f"Phalanx benchmark at {meta.get('revision')}: {meta.get('cpus')} CPUs, {meta.get('workers')} workers everywhere, "
+        f"Python {meta.get('python')}, N={meta.get('tasks'):,} tasks, {meta.get('rounds')} rounds "
+        f"interleaved; throughput = best round (median in brackets).",
+    ]
+    tp = r.get("throughput")
+    if isinstance(tp, dict) and "error" not in tp:
+        rows = []
+        for v in tp.values():
+            cpu = v["cpu_us_per_task_best_round"]
+            rows.append([v["label"], f"{v['best']:,.0f}/s", f"({v['median']:,.0f}/s)",
+                         f"{cpu['client_process']:.1f}", f"{cpu['daemon']:.1f}", f"{cpu['workers']:.1f}"])
+        parts += ["", "No-op throughput (CPU us per task in the best round: this process / phalanxd / workers)",
+                  _table(["variant", "best", "(median)", "client", "daemon", "workers"], rows, {1, 2, 3, 4, 5})]
+    lat = r.get("latency")
+    if isinstance(lat, dict) and "error" not in lat:
+        rows = []
+        for v in lat.values():
+            c = v.get("cpu_us_per_round_trip", {})
+            rows.append([v["label"], f"{v['p50']:.1f}", f"{v['p90']:.1f}", f"{v['p99']:.1f}",
+                         f"{v['max']:.1f}", str(v["over_1ms"]), str(v["n"]),
+                         f"{c.get('client', 0):.0f}", f"{c.get('daemon', 0):.0f}", f"{c.get('workers', 0):.0f}"])
+        parts += ["", "Round-trip latency, one task at a time (us; CPU us per round trip: this process /"
+                      " phalanxd / workers or echo peer)",
+                  _table(["variant", "p50", "p90", "p99", "max", ">1ms", "n", "client", "daemon", "workers"],
+                         rows, set(range(1, 10)))]
+    cr = r.get("crash_recovery")
+    if isinstance(cr, dict) and "error" not in cr:
+        rows = []
+        for case in ("idle_worker", "task_in_flight"):
+            for ev, s in cr[case].items():
+                p, a = s["published"], s["arrived"]
+                rows.append([case.replace("_", " "), ev, f"{p['p50']:.2f}", f"{p['max']:.2f}",
+                             f"{a['p50']:.2f}", f"{a['max']:.2f}"])
+        parts += ["", f"Crash recovery, ms after os.kill ({cr['reps']} kills each; 'published' = event's own "
+                      "time field, the reported figure; 'arrived' = at our subscriber)",
+                  _table(["case", "event", "pub p50", "pub max", "arr p50", "arr max"], rows, {2, 3, 4, 5})]
+    po = r.get("poison")
+    if isinstance(po, dict) and "error" not in po:
+        rows = [[k.replace("_", " "), f"{po[k]['p50']:.1f}", f"{po[k]['max']:.1f}", str(po[k]["n"])]
+                for k in ("submit_to_error", "error_to_all_running", "submit_to_all_running")]
+        parts += ["", f"Poison task {po['task']} -> {', '.join(po['error_types'])} (ms)",
+                  _table(["interval", "p50", "max", "n"], rows, {1, 2, 3})]
+        for tl in po.get("traced_timelines") or []:
+            parts.append("  traced try, ms after submit: " + ", ".join(
+                f"{what}{'' if who is None else f' {who}'} {ms:.1f}" for what, who, ms in tl))
+    mem = r.get("memory")
+    if isinstance(mem, dict):
+        rows = []
+        for key, label in (("phalanx_at_ready", "phalanxd at ready"),
+                           ("phalanx_after_throughput", "phalanxd after throughput"),
+                           ("supervisord", "supervisord")):
+            m = mem.get(key)
+            if not isinstance(m, dict) or "process" not in m:
+                continue
+            tree = m.get("tree", {})
+            uss = m["process"].get("uss")
+            rows.append([label, f"{m['process'].get('rss', 0):.1f}", "-" if uss is None else f"{uss:.1f}",
+                         f"{tree.get('rss', 0):.1f}" if tree else "-",
+                         f"{tree.get('pss', 0):.1f}" if tree else "-", str(m.get("tree_processes", "-"))])
+        parts += ["", "Memory (MiB; tree = the daemon and all its descendants)",
+                  _table(["", "RSS", "USS", "tree RSS", "tree PSS", "procs"], rows, {1, 2, 3, 4, 5})]
+        note = _get(mem, "supervisord", "note")
+        if note:
+            parts.append(f"  {note}")
+    ca = r.get("crash_alternatives")
+    if isinstance(ca, dict) and "in_flight" in ca:
+        parts += ["", "The same kill under the alternatives:"]
+        parts += [f"  {k}: {v}" for k, v in ca["in_flight"].items()]
+    rows = []
+    for t in ts:
+        verdict = "ERROR" if t.passed is None else ("PASS" if t.passed else "MISS")
+        rows.append([t.name, _fmt(t.ours, t.unit),
+                     _fmt(t.alt, t.unit) + (f" ({t.alt_label})" if t.alt is not None and t.unit in ("ms", "MiB") else ""),
+                     "-" if t.ratio is None else f"{t.ratio:.2f}x", t.target, verdict])
+    parts += ["", "TARGETS (ratio = ours / alternative)",
+              _table(["target", "Phalanx", "alternative", "ratio", "target", "result"], rows, {1, 3})]
+    errors = {k: v["error"] for k, v in r.items() if isinstance(v, dict) and "error" in v}
+    for k, e in errors.items():
+        parts.append(f"ERROR in {k}: {e}")
+    parts.append(f"\nTotal run time {meta.get('total_seconds', 0):.0f} s; JSON in {meta.get('out')}")
+    return "\n".join(parts)
