@@ -69,6 +69,20 @@ def phalanx(d: PhalanxUnderTest, count: int) -> Timed:
     return out, cpu
 
 
+def phalanx_apply(d: PhalanxUnderTest, count: int) -> Timed:
+    """Client.apply: the synchronous call, Pool.apply's counterpart."""
+    with Client(d.intake) as c:
+        c.ping()
+
+        def once(i: int) -> None:
+            c.apply(NOOP, (i,))
+
+        _loop(WARMUP, once)
+        with _cpu(d.process(), d.worker_processes()) as cpu:
+            out = _loop(count, once)
+    return out, cpu
+
+
 def phalanx_raw(d: PhalanxUnderTest, count: int) -> Timed:
     """The same round trip on a bare DEALER: ZeroMQ + phalanxd + worker pipe."""
     encode, decode = msgspec.msgpack.encode, msgspec.msgpack.decode
@@ -201,6 +215,7 @@ def pipe_floor(d: PhalanxUnderTest, count: int) -> Timed:
 
 
 VARIANTS: dict[str, tuple[str, Callable[[PhalanxUnderTest, int], Timed]]] = {
+    "phalanx.apply": ("Phalanx apply()", phalanx_apply),
     "phalanx.submit.result": ("Phalanx submit().result()", phalanx),
     "phalanx.raw_dealer": ("(diag) Phalanx, bare DEALER, no client lib", phalanx_raw),
     "pool.apply": ("Pool.apply()", pool_apply),

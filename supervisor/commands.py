@@ -68,9 +68,15 @@ def _int_arg(args: dict[str, Any], key: str, default: int | None) -> int | None:
 def slot_info(d: Daemon, slot: Slot) -> dict[str, Any]:
     now = time.monotonic()
     current = None
-    if slot.inflight:
-        head = slot.inflight[0]
-        current = {"id": head.id, "task": head.name, "for": round(now - slot.head_since, 3)}
+    if slot.inflight and slot.handle is not None:
+        # The task the worker says it started, if it still holds it: a task
+        # merely waiting in the worker's pipe is not "current".
+        key = slot.handle.running_key()
+        for task in slot.inflight:
+            if task.key == key:
+                since = round(now - slot.head_since, 3) if task is slot.inflight[0] else None
+                current = {"id": task.id, "task": task.name, "for": since}
+                break
     rss, cpu = slot.handle.usage() if slot.handle is not None else (None, None)
     return {
         "slot": slot.index,

@@ -67,6 +67,8 @@ from supervisor.tasks import ReplyGroup, Task, TaskTable, plan
 from supervisor.workerproc import PipeBroken, WorkerHandle, reap_group
 
 log = structlog.get_logger("phalanxd")
+# Plain ints: zmq's IntFlag members are slow to combine on the hot path.
+POLLIN, POLLOUT, POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
 S = SlotState
 
 # Handled signals and what each means; the handlers themselves do nothing
@@ -109,6 +111,7 @@ class Daemon:
         self.unroutable = 0
         self._maintenance = False  # some slot is waiting to retire or recycle
         self._pool_restarts: deque[float] = deque()
+        self._restarts_deferred: list[Slot] | None = None
         self._pool_crash_loop = False
         self.outputs: dict[int, dict[str, RingLog]] = {}
         self.task_counts: dict[str, list[int]] = {}  # name -> [succeeded, failed]
@@ -275,9 +278,7 @@ class Daemon:
                     handler(ev)
             now = monotonic()
             if self._deaths:
-                deaths, self._deaths = self._deaths, []
-                for slot in deaths:
-                    self._on_death(slot, now)
+                self._handle_deaths(now)
             if self._timers and self._timers[0][0] <= now:
                 self._run_timers(now)
             self._check_deadlines(now)
@@ -361,10 +362,10 @@ class Daemon:
 
     def _on_pipe(self, slot: Slot, ev: int) -> None:
         handle: WorkerHandle = slot.handle
-        if ev & zmq.POLLOUT:
+        if ev & POLLOUT:
             handle.flush()
             self._update_interest(slot)
-        if not ev & (zmq.POLLIN | zmq.POLLERR):
+        if not ev & (POLLIN | POLLERR):
             return
         self._read_worker(slot)
 
@@ -570,6 +571,25 @@ class Daemon:
                 self.fail_task(task, kind, message)
         self._after_exit(slot, now)
 
+    def _handle_deaths(self, now: float) -> None:
+        """Account for dead workers, re-dispatch their tasks, then respawn.
+
+        Re-dispatch comes first: a retried task goes to a live idle worker at
+        once instead of waiting behind the fork of the replacement.
+        """
+        deaths, self._deaths = self._deaths, []
+        self._restarts_deferred = []
+        try:
+            for slot in deaths:
+                self._on_death(slot, now)
+            if self.table.queue:
+                self._dispatch(now)
+        finally:
+            restarts, self._restarts_deferred = self._restarts_deferred, None
+        for slot in restarts:
+            if slot.state is S.EXITED:
+                self.start_slot(slot)
+
     def _after_exit(self, slot: Slot, now: float) -> None:
         if self.stopping_workers:
             slot.move(S.STOPPED)
@@ -591,7 +611,10 @@ class Daemon:
             log.info("pool_crash_loop_over")
             self.publisher.event("supervisor.crash_loop_over")
         if decision.action == "restart":
-            self.start_slot(slot)
+            if self._restarts_deferred is not None:
+                self._restarts_deferred.append(slot)
+            else:
+                self.start_slot(slot)
         elif decision.action == "backoff":
             slot.move(S.BACKOFF)
             slot.backoffs += 1
@@ -649,7 +672,7 @@ class Daemon:
         handle: WorkerHandle | None = slot.handle
         if handle is None or handle.fd not in self._handlers:
             return
-        flags = zmq.POLLIN | (zmq.POLLOUT if handle.wants_write else 0)
+        flags = POLLIN | (POLLOUT if handle.wants_write else 0)
         self.poller.modify(handle.fd, flags)
 
     # ============================================================== output

@@ -48,27 +48,34 @@ def multiprocessing_helpers() -> set[int]:
     return pids
 
 
+def child_pids() -> list[int]:
+    """Our direct children, cheaply: Linux lists each thread's children in
+    /proc/self/task/TID/children, so there is no need to scan all of /proc
+    (psutil's way, milliseconds on a busy host, on the loop's time)."""
+    pids: list[int] = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.extend(int(p) for p in f.read().split())
+    except OSError:
+        return [p.pid for p in psutil.Process().children()]
+    return pids
+
+
 def reap_orphans(keep: set[int]) -> int:
     """SIGKILL and reap direct children whose pid is not in ``keep``.
 
     Returns how many orphans were found.
     """
-    try:
-        children = psutil.Process().children()
-    except psutil.Error:
-        return 0
     found = 0
-    for child in children:
-        if child.pid in keep:
+    for pid in child_pids():
+        if pid in keep:
             continue
         found += 1
         try:
-            if child.status() != psutil.STATUS_ZOMBIE:
-                child.send_signal(signal.SIGKILL)
-        except psutil.Error:
-            pass
-        try:
-            os.waitpid(child.pid, os.WNOHANG)  # reaps it if already dead
-        except ChildProcessError:
+            done, _ = os.waitpid(pid, os.WNOHANG)  # reaps it if already dead
+            if not done:
+                os.kill(pid, signal.SIGKILL)  # reaped on the next pass
+        except (ChildProcessError, ProcessLookupError):
             pass
     return found
