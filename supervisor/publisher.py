@@ -22,6 +22,17 @@ import zmq
 
 from supervisor.protocol import PublishedResults, Result, encoder
 
+# What a subscriber that stops reading can cost us. libzmq queues up to
+# SNDHWM *messages* per subscriber, whatever their size, and result
+# messages are batches: with 100 000 messages of a few thousand results
+# each, one hung subscriber could pin gigabytes here. So result batches are
+# split into messages of about MAX_PUBLISH_BYTES, and the queue is SNDHWM
+# of those: at most ~64 MiB per stalled subscriber (more only if single
+# results are larger), which is still ~300 000 small results of backlog.
+SNDHWM = 1000
+MAX_PUBLISH_BYTES = 64 * 1024
+_RESULT_OVERHEAD = 48  # keys and headers of one encoded result map, roughly
+
 
 class Publisher:
     def __init__(self, sock: zmq.Socket[bytes], boot: str) -> None:
@@ -76,9 +87,23 @@ class Publisher:
 
     def results(self, task_name: str, results: list[Result]) -> None:
         topic = b"result." + task_name.encode()
-        seq, gseq = self._next(topic)
         if not self.wanted(topic):
+            self._next(topic)  # counted, never encoded: nobody would see it
             return
+        base = len(task_name) + _RESULT_OVERHEAD
+        chunk: list[Result] = []
+        size = 0
+        for r in results:
+            n = base + len(r.value) + len(r.error) + len(r.id or "")
+            if chunk and size + n > MAX_PUBLISH_BYTES:
+                self._send_results(topic, chunk)
+                chunk, size = [], 0
+            chunk.append(r)
+            size += n
+        self._send_results(topic, chunk)
+
+    def _send_results(self, topic: bytes, results: list[Result]) -> None:
+        seq, gseq = self._next(topic)
         self._send(topic, encoder.encode(PublishedResults(seq, gseq, self.boot, results)))
 
     def event(self, kind: str, **fields: Any) -> None:

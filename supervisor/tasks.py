@@ -166,14 +166,16 @@ class TaskTable:
     def charge_death(self, slot: Slot, running_key: int | None = None) -> Charge | None:
         """A slot's worker died: charge its running task, requeue the rest.
 
-        ``running_key`` is the task the worker said it started last; tasks
-        held before it finished but their results died with the worker, so
-        they run again, uncharged. Without it (or if it is not held), the
-        oldest held task is taken to be the one that was running.
-        Returns the charge for the running task (None if it held none).
+        ``running_key`` is the task the worker said it started last (0: it
+        started none); tasks held before it finished but their results died
+        with the worker, so they run again, uncharged. If it is not held,
+        the worker had answered it and started nothing it holds (it died
+        idle, or before reading the batch in its pipe): nobody is charged.
+        Without it (None: unknown), the oldest held task is taken to be the
+        one that was running.
+        Returns the charge for the running task (None if none was running).
         """
         held = slot.inflight
-        slot.inflight = deque()
         if not held:
             return None
         index = 0
@@ -182,6 +184,10 @@ class TaskTable:
                 if task.key == running_key:
                     index = i
                     break
+            else:
+                self.requeue(slot)
+                return None
+        slot.inflight = deque()
         running = held[index]
         del held[index]
         for task in held:

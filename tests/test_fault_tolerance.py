@@ -15,10 +15,11 @@ import time
 from collections import Counter
 from typing import Any
 
+import psutil
 import pytest
 
 from supervisor.client import TaskError
-from tests.conftest import Daemon, StartDaemon, wait_until
+from tests.conftest import Daemon, StartDaemon, alive, wait_until
 
 ECHO = "workers.builtin:echo"
 SLEEP = "workers.builtin:sleep"
@@ -272,8 +273,6 @@ def test_task_that_raises_is_a_failed_result_not_a_crash(daemon: Daemon) -> None
 def test_no_worker_leaves_a_grandchild_behind_after_a_crash(daemon: Daemon) -> None:
     """A task that started a child (ignoring SIGTERM) and then crashed its
     worker leaves no process behind: the worker's process group is reaped."""
-    import psutil
-
     client = daemon.client()
     grandchild = client.submit("workers.builtin:spawn_child", 60).result(timeout=10)
     proc = psutil.Process(grandchild)
@@ -282,8 +281,8 @@ def test_no_worker_leaves_a_grandchild_behind_after_a_crash(daemon: Daemon) -> N
     for pid in pids:  # whichever worker started it: kill every worker
         os.kill(pid, signal.SIGKILL)
     daemon.wait_all_running(not_pids=pids)
-    wait_until(lambda: not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE,
-               timeout=5, message=f"grandchild {grandchild} survived its worker")
+    wait_until(lambda: not alive(proc), timeout=5,
+               message=f"grandchild {grandchild} survived its worker")
 
 
 def test_crash_inside_a_prefetched_batch_charges_only_the_crashing_task(daemon: Daemon) -> None:

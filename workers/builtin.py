@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["echo", "noop", "say", "sabotage", "sleep", "burn", "fail", "crash", "alloc", "pid", "spawn_child"]
+__all__ = ["echo", "noop", "say", "sabotage", "sleep", "burn", "fail", "crash", "alloc", "pid", "spawn_child", "stubborn"]
 
 
 def echo(x: Any = None) -> Any:
@@ -102,11 +102,30 @@ def pid() -> int:
     return os.getpid()
 
 
-def spawn_child(seconds: float = 60.0) -> int:
-    """Start a grandchild process that ignores SIGTERM; return its pid."""
+def spawn_child(seconds: float = 60.0, new_session: bool = False) -> int:
+    """Start a grandchild process that ignores SIGTERM; return its pid.
+    With ``new_session`` it also calls setsid(), leaving the worker's
+    process group (so only the daemon's subreaper can catch it)."""
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the grandchild
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if new_session:
+            os.setsid()
         time.sleep(seconds)
         os._exit(0)
     return child
+
+
+def stubborn(seconds: float) -> float:
+    """Ignore SIGTERM (for this worker, from now on) and swallow every
+    SoftTimeout; sleep ``seconds`` in all. Only SIGKILL stops it early."""
+    from workers.loop import SoftTimeout
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            time.sleep(left)
+        except SoftTimeout:
+            continue
+    return seconds

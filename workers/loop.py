@@ -91,7 +91,10 @@ def run_one(
     soft = work.soft_timeout
     try:
         if soft > 0:
-            signal.setitimer(signal.ITIMER_REAL, soft)
+            # setitimer overflows past ~9.2e9 s (OverflowError, and the task
+            # would fail for a limit it never reached): any longer soft
+            # timeout is as good as a billion seconds.
+            signal.setitimer(signal.ITIMER_REAL, min(soft, 1e9))
         try:
             value = _run_chunk(fn, args, kwargs) if work.chunk else fn(*args, **kwargs)
         finally:
