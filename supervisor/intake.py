@@ -30,14 +30,14 @@ from supervisor.errors import (
     UnknownTask,
 )
 from supervisor.protocol import (
-    PROTOCOL_VERSION,
     NO_ARGS,
     NO_KWARGS,
+    PROTOCOL_VERSION,
     Ack,
-    RefOnly,
     ErrorReply,
     Ping,
     Pong,
+    RefOnly,
     Rejected,
     Result,
     Results,
@@ -50,7 +50,6 @@ from supervisor.protocol import (
     is_map,
 )
 from supervisor.tasks import ReplyGroup, Task
-from workers.registry import module_of
 
 if TYPE_CHECKING:
     from supervisor.daemon import Daemon
@@ -68,7 +67,7 @@ def on_readable(d: Daemon) -> None:
     # Ask ZMQ_EVENTS instead of reading until zmq.Again: building that
     # exception costs more than handling a small request.
     for _ in range(BUDGET):
-        if not sock.getsockopt(_EVENTS) & _POLLIN:
+        if not int(sock.getsockopt(_EVENTS)) & _POLLIN:
             return
         handle(d, sock.recv_multipart(zmq.NOBLOCK))
 
