@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command is None:
         from supervisor.ctl_shell import Shell
 
-        return Shell(dataclasses.replace(ctl, interactive=True)).run()
+        return Shell(dataclasses.replace(ctl, interactive=True), run_command).run()
     try:
         return run_command(ctl, ns.command, ns.args, prog=f"phalanxctl {ns.command}")
     except KeyboardInterrupt:

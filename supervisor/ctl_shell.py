@@ -14,12 +14,14 @@ import cmd
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from supervisor.ctl import run_command
 from supervisor.ctl_commands import COMMANDS
 from supervisor.ctl_core import EXIT_OK, Ctl, CtlFailure
+
+RunCommand = Callable[[Ctl, str, list[str], str], int]
 
 readline: ModuleType | None
 try:
@@ -35,9 +37,10 @@ SLOT_CACHE_SECONDS = 2.0
 
 
 class Shell(cmd.Cmd):
-    def __init__(self, ctl: Ctl) -> None:
+    def __init__(self, ctl: Ctl, run_command: RunCommand) -> None:
         super().__init__(completekey="tab")
         self.ctl = ctl
+        self._run_command = run_command  # ctl.run_command, passed in: no import cycle
         self.prompt = "phalanx> " if sys.stdin.isatty() else ""
         self.last_code = EXIT_OK
         self._slots: tuple[float, list[str]] = (0.0, [])
@@ -45,7 +48,7 @@ class Shell(cmd.Cmd):
     # -------------------------------------------------------------- loop
     def run(self) -> int:
         history = self._load_history()
-        run_command(self.ctl, "status", [], prog="status")
+        self._run_command(self.ctl, "status", [], "status")
         try:
             while True:
                 try:
@@ -74,7 +77,7 @@ class Shell(cmd.Cmd):
             print(f"*** Unknown syntax: {line.strip()} (try 'help')", file=self.stdout)
             return False
         try:
-            self.last_code = run_command(self.ctl, name, args, prog=name)
+            self.last_code = self._run_command(self.ctl, name, args, name)
         except KeyboardInterrupt:  # a command interrupted: back to the prompt
             print(file=self.stdout)
         return False

@@ -454,10 +454,11 @@ def test_pause_and_resume(shared_daemon: Daemon) -> None:
 def test_shell_completion(shared_daemon: Daemon) -> None:
     """The shell completes command names, then the daemon's slot numbers and
     `all`, streams after `tail SLOT`, signal names after `signal`."""
+    from supervisor.ctl import run_command
     from supervisor.ctl_core import Ctl
     from supervisor.ctl_shell import Shell
 
-    shell = Shell(Ctl(shared_daemon.control, interactive=True))
+    shell = Shell(Ctl(shared_daemon.control, interactive=True), run_command)
     assert shell.completenames("st") == ["status", "start", "stop", "stats"]
     assert shell.completenames("q") == ["quit"]
     assert shell.completedefault("", "stop ", 5, 5) == ["0", "1", "all"]
