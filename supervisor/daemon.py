@@ -61,6 +61,7 @@ from supervisor.slot_io import SlotIO
 from supervisor.slots import Slot, SlotState
 from supervisor.stats import LatencyHistogram, RateMeter
 from supervisor.tasks import TaskTable
+from supervisor.workerproc import stop_forkserver
 
 log = structlog.get_logger("phalanxd")
 # Plain ints: zmq's IntFlag members are slow to combine on the hot path.
@@ -108,6 +109,8 @@ class Daemon(SlotIO, Recovery, Lifecycle):
         self._maintenance = False  # some slot is waiting to retire or recycle
         self._pool_restarts: deque[float] = deque()
         self._restarts_deferred: list[Slot] | None = None
+        self.fs_generation = 0
+        self._old_forkservers: dict[int, Any] = {}
         self._pool_crash_loop = False
         self.outputs: dict[int, dict[str, RingLog]] = {}
         self.task_counts: dict[str, list[int]] = {}  # name -> [succeeded, failed]
@@ -159,9 +162,7 @@ class Daemon(SlotIO, Recovery, Lifecycle):
             # Each child re-runs the main script (phalanxd) before its target;
             # without its imports (structlog, asyncio, ssl: ~100 ms) cached
             # here, every worker restart paid for them again.
-            preload = ["supervisor.daemon_main", "multiprocessing.sharedctypes", "workers.loop",
-                       *self.allow, *self.cfg.workers.preload]
-            self.mp.set_forkserver_preload(preload)
+            self.mp.set_forkserver_preload(self.forkserver_preload())
         log.info(
             "daemon_starting",
             version=__version__,
@@ -174,6 +175,13 @@ class Daemon(SlotIO, Recovery, Lifecycle):
         for slot in self.slots:
             self.start_slot(slot)
         self.every(1.0, self._report_status)
+
+    def forkserver_preload(self) -> list[str]:
+        # Each child re-runs the main script (phalanxd) before its target;
+        # without its imports (structlog, asyncio, ssl: ~100 ms) cached in
+        # the forkserver, every worker restart paid for them again.
+        return ["supervisor.daemon_main", "multiprocessing.sharedctypes", "workers.loop",
+                *self.allow, *self.cfg.workers.preload]
 
     def _prepare_runtime_dir(self) -> None:
         """Create the runtime dir 0700, refuse one others could tamper with,
@@ -360,7 +368,12 @@ class Daemon(SlotIO, Recovery, Lifecycle):
         log.info("daemon_stopped", succeeded=self.table.succeeded, failed=self.table.failed)
         self.publisher.event("supervisor.stopped")
         self.close_sockets()
-        _stop_forkserver()
+        # The forkservers would exit on their own when we do; stopping them
+        # here means "no child left behind" holds the moment run() returns.
+        from multiprocessing import forkserver
+
+        for server in [*self._old_forkservers.values(), forkserver._forkserver]:
+            stop_forkserver(server)
         signal.set_wakeup_fd(-1)
         self._sig_r.close()
         self._sig_w.close()
@@ -401,16 +414,3 @@ class Daemon(SlotIO, Recovery, Lifecycle):
 
 def _wake_only(signum: int, frame: object) -> None:
     """Signal handler: nothing. The wakeup fd already woke the loop."""
-
-
-def _stop_forkserver() -> None:
-    # The forkserver would exit on its own when we do; stopping it here
-    # means "no child left behind" holds the moment run() returns.
-    from multiprocessing import forkserver
-
-    stop = getattr(forkserver._forkserver, "_stop", None)
-    if stop is not None:
-        try:
-            stop()
-        except Exception:  # noqa: BLE001, S110 - a private API: best effort only
-            pass

@@ -20,7 +20,7 @@ from supervisor.config import Config
 from supervisor.errors import ConfigError
 from supervisor.slots import Slot, SlotState
 from supervisor.state import DaemonState
-from supervisor.workerproc import WorkerHandle
+from supervisor.workerproc import WorkerHandle, renew_forkserver
 
 log = structlog.get_logger("phalanxd")
 S = SlotState
@@ -119,7 +119,13 @@ class Lifecycle(DaemonState):
             self._maintenance = True
 
     def recycle_all(self) -> None:
-        """Rolling restart: every slot gets a fresh worker, one at a time."""
+        """Rolling restart: every slot gets a fresh worker, one at a time,
+        running the task code as it is now (a fresh forkserver, see
+        workerproc.renew_forkserver)."""
+        if self.cfg.workers.start_method == "forkserver":
+            old = renew_forkserver(self.forkserver_preload())
+            self._old_forkservers[self.fs_generation] = old
+            self.fs_generation += 1
         for slot in self.slots:
             if not slot.retire:
                 slot.recycle = True

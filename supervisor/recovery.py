@@ -19,7 +19,7 @@ from supervisor import policy, reaper
 from supervisor.errors import TIMEOUT, WORKER_CRASHED, describe_exit
 from supervisor.slots import Slot, SlotState
 from supervisor.state import DaemonState
-from supervisor.workerproc import WorkerHandle, reap_group
+from supervisor.workerproc import WorkerHandle, reap_group, stop_forkserver
 
 log = structlog.get_logger("phalanxd")
 S = SlotState
@@ -173,13 +173,25 @@ class Recovery(DaemonState):
     def _reap_orphans(self) -> None:
         if not self.subreaper:
             return
+        self._retire_old_forkservers()
         keep = reaper.multiprocessing_helpers()
         keep.update(s.handle.pid for s in self.slots if s.handle is not None)
+        keep.update(fs._forkserver_pid for fs in self._old_forkservers.values()
+                    if getattr(fs, "_forkserver_pid", None))
         found = reaper.reap_orphans(keep)
         if found:
             log.info("orphans_reaped", count=found)
             # Killed ones become zombies a moment later: reap them soon.
             self.at(time.monotonic() + 0.05, self._reap_orphans)
+
+    def _retire_old_forkservers(self) -> None:
+        """Stop each forkserver a reload replaced, once its last worker died."""
+        for generation, server in list(self._old_forkservers.items()):
+            if not any(s.handle is not None and s.handle.fs_generation == generation
+                       for s in self.slots):
+                stop_forkserver(server)
+                del self._old_forkservers[generation]
+                log.info("old_forkserver_stopped", generation=generation)
 
     def recycle_slot(self, slot: Slot, reason: str) -> None:
         """Replace this slot's worker once it has finished what it holds."""

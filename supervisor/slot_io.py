@@ -54,6 +54,7 @@ class SlotIO(DaemonState):
             handle = WorkerHandle.spawn(
                 self.mp, slot.index, self.allow, self.cfg.tasks.max_message_bytes
             )
+            handle.fs_generation = self.fs_generation
         except OSError as exc:
             log.error("worker_spawn_failed", slot=slot.index, error=str(exc))
             slot.move(S.EXITED)

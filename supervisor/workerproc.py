@@ -53,6 +53,7 @@ class WorkerHandle:
         self._max_frame = max_frame
         self.eof = False
         self._ps: psutil.Process | None = None
+        self.fs_generation = 0  # which forkserver it came from (see renew_forkserver)
         self._running: Any = None  # shared c_longlong set by spawn()
 
     @classmethod
@@ -246,6 +247,37 @@ class WorkerHandle:
             self.proc.close()
         except ValueError:
             pass  # still running; only for an abandoned handle at exit
+
+
+def renew_forkserver(preload: list[str]) -> Any:
+    """Point multiprocessing at a fresh forkserver; return the old one.
+
+    Why: the forkserver imported the task modules once, and every worker is
+    a fork of it, so a rolling reload would restart workers with the old
+    code. New workers come from a new forkserver (started on first use,
+    importing the code as it is now). The old one must live on until its
+    last worker has died: it is what reports those workers' exit status.
+    """
+    from multiprocessing import forkserver as fs
+
+    old = fs._forkserver
+    new = fs.ForkServer()
+    new.set_forkserver_preload(preload)
+    fs._forkserver = new
+    # The module's functions are bound methods of the instance: rebind them.
+    for name in ("ensure_running", "get_inherited_fds", "connect_to_new_process",
+                 "set_forkserver_preload"):
+        setattr(fs, name, getattr(new, name))
+    return old
+
+
+def stop_forkserver(server: Any) -> None:
+    stop = getattr(server, "_stop", None)
+    if stop is not None:
+        try:
+            stop()
+        except Exception:  # noqa: BLE001, S110 - a private API: best effort only
+            pass
 
 
 def reap_group(pid: int) -> None:
