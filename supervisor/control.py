@@ -49,8 +49,11 @@ def on_readable(d: Daemon) -> None:
             reply: dict[str, Any] = {"ok": True, "result": handler(d, request.args)}
         except RequestError as err:
             reply = {"ok": False, "error": {"type": err.type, "message": err.message}}
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
-            # RecursionError: msgspec refusing deeply nested input (bad input, not a bug)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError,
+                UnicodeDecodeError) as exc:
+            # RecursionError (deep nesting) and UnicodeDecodeError (a str that
+            # is not UTF-8) are how msgspec refuses those inputs: bad input,
+            # not a bug.
             reply = {"ok": False, "error": {"type": "BadRequest", "message": str(exc)}}
         except Exception as exc:  # a bug in one command must not stop the daemon
             log.exception("control_command_failed")

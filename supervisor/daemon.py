@@ -67,6 +67,7 @@ log = structlog.get_logger("phalanxd")
 # Plain ints: zmq's IntFlag members are slow to combine on the hot path.
 POLLIN, POLLOUT, POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
 S = SlotState
+INTAKE_SNDHWM = 10_000  # reply messages queued per client, see start()
 
 # Handled signals and what each means; the handlers themselves do nothing
 # (Python's C-level handler already wrote the signal number to our fd).
@@ -134,8 +135,13 @@ class Daemon(SlotIO, Recovery, Lifecycle):
             # Twice our own limit: between the two the client gets a
             # TooLarge reply; beyond it libzmq drops the peer unread.
             self.intake.setsockopt(zmq.MAXMSGSIZE, 2 * max_bytes + 4096)
-            self.intake.setsockopt(zmq.SNDHWM, 1_000_000)
-            self.intake.setsockopt(zmq.RCVHWM, 1_000_000)
+            # A client that stays connected but stops reading may pin at most
+            # this many reply messages; past it, its replies are dropped and
+            # counted (stats: unroutable_replies). Nothing is lost for good:
+            # every result is also published and kept in the result cache,
+            # so resubmitting the id gets the answer again.
+            self.intake.setsockopt(zmq.SNDHWM, INTAKE_SNDHWM)
+            self.intake.setsockopt(zmq.RCVHWM, 100_000)
             self._bind(self.intake, self.cfg.endpoints.intake, "intake")
             self.pub_sock = self.ctx.socket(zmq.XPUB)
             self.pub_sock.setsockopt(zmq.LINGER, 0)

@@ -1,13 +1,17 @@
 """``phalanxd`` command line: parse arguments, load config, run the loop.
 
-Exit codes: 0 clean stop, 2 bad configuration, 3 start-up failure.
+Exit codes: 0 clean stop, 2 bad configuration, 3 start-up failure,
+70 (EX_SOFTWARE) an unexpected error in the loop: a bug, reported with its
+traceback, after which every worker was killed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import traceback
 
 from supervisor import __version__, config, logs
 from supervisor.errors import ConfigError, StartupError
@@ -15,6 +19,7 @@ from supervisor.errors import ConfigError, StartupError
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
+EXIT_CRASH = 70
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,7 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"phalanxd: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
-    return daemon.run()
+    try:
+        return daemon.run()
+    except Exception:  # noqa: BLE001 - whatever escaped the loop is a bug; see below
+        # Returning normally would hang: at interpreter exit multiprocessing
+        # joins the (non-daemonic) workers, which wait on pipes this process
+        # still holds, and SIGTERM only wakes a loop that no longer runs. A
+        # daemon that holds its sockets and serves nobody is worse than one
+        # that exits, so kill the workers and leave now; systemd restarts us.
+        traceback.print_exc()
+        for slot in daemon.slots:
+            if slot.handle is not None:
+                slot.handle.signal_tree(signal.SIGKILL)
+        sys.stderr.flush()
+        os._exit(EXIT_CRASH)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,9 @@ def handle(d: Daemon, frames: list[bytes]) -> None:
     except RecursionError:  # msgspec's answer to deep nesting; must not kill the loop
         _refuse(d, route, req, BadRequest("body is nested too deeply"))
         return
+    except UnicodeDecodeError as exc:  # msgspec raises it as is for a bad str
+        _refuse(d, route, req, BadRequest(f"a string is not valid UTF-8: {exc.reason}"))
+        return
     if isinstance(request, Ping):
         pong = Pong(__version__, PROTOCOL_VERSION, d.boot, len(d.slots))
         d.send_reply(route, encoder.encode(pong), req)
@@ -111,7 +114,8 @@ def _refuse(d: Daemon, route: bytes, req: bool, err: RequestError, body: bytes =
     if body:
         try:  # echo the request's ref if the body is a readable map
             ref = _ref_decoder.decode(body).ref
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError,
+                UnicodeDecodeError):
             pass
     d.send_reply(route, encoder.encode(ErrorReply(error_raw(err.type, err.message), ref)), req)
 

@@ -83,10 +83,11 @@ def run_one(
     try:
         args = _args_decoder.decode(work.args) if work.args else []
         kwargs = _kwargs_decoder.decode(work.kwargs) if work.kwargs else {}
-    except (msgspec.DecodeError, RecursionError) as exc:
-        # RecursionError: nested deeper than msgspec decodes. The daemon's
-        # own check of the request runs at a shallower stack, so such
-        # arguments can get this far; they are bad input, not a crash.
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        # The daemon passes arguments through unread, so whatever msgspec
+        # refuses in them lands here: bad input, not a crash. That includes
+        # RecursionError (nesting deeper than it decodes) and
+        # UnicodeDecodeError (a str that is not UTF-8).
         return Done(work.key, False, _failure("BadRequest", f"arguments: {exc}"))
     soft = work.soft_timeout
     try:
