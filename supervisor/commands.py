@@ -18,8 +18,8 @@ from supervisor.config import to_dict
 from supervisor.errors import BadRequest, ConfigError, RequestError
 
 if TYPE_CHECKING:
-    from supervisor.daemon import Daemon
     from supervisor.slots import Slot
+    from supervisor.state import DaemonState as Daemon
 
 Handler = Callable[["Daemon", dict[str, Any]], Any]
 

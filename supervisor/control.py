@@ -19,7 +19,7 @@ from supervisor.errors import BadRequest, RequestError, UnknownCommand
 from supervisor.protocol import encoder
 
 if TYPE_CHECKING:
-    from supervisor.daemon import Daemon
+    from supervisor.state import DaemonState as Daemon
 
 log = structlog.get_logger("phalanxd")
 

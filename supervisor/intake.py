@@ -52,7 +52,7 @@ from supervisor.protocol import (
 from supervisor.tasks import ReplyGroup, Task
 
 if TYPE_CHECKING:
-    from supervisor.daemon import Daemon
+    from supervisor.state import DaemonState as Daemon
 
 # Requests handled per wake-up before the loop tends to workers again.
 BUDGET = 512
