@@ -201,12 +201,14 @@ class _Api:
         return out
 
     def with_options(self, *, timeout: float | None = None, max_attempts: int | None = None,
-                     soft_timeout: float | None = None) -> _Options:
+                     soft_timeout: float | None = None,
+                     retry_timeouts: bool | None = None) -> _Options:
         """A view of this client whose submissions carry these options:
         ``timeout`` (seconds before the worker is killed and the task fails
         with Timeout), ``soft_timeout`` (seconds before SoftTimeout is raised
-        inside the task), ``max_attempts`` (runs allowed when workers die)."""
-        return _Options(self._client, (timeout, max_attempts, soft_timeout))
+        inside the task), ``max_attempts`` (runs allowed when workers die),
+        ``retry_timeouts`` (whether a timed-out task uses its remaining attempts)."""
+        return _Options(self._client, (timeout, max_attempts, soft_timeout, retry_timeouts))
 
 
 class _Options(_Api):

@@ -19,12 +19,13 @@ class TaskOut(msgspec.Struct, omit_defaults=True):
     timeout: float | None = None
     max_attempts: int | None = None
     soft_timeout: float | None = None
+    retry_timeouts: bool | None = None
     chunk: bool = False
 
 
-# Per-submit options: (timeout, max_attempts, soft_timeout).
-Opts = tuple[float | None, int | None, float | None]
-NO_OPTS: Opts = (None, None, None)
+# Per-submit options: (timeout, max_attempts, soft_timeout, retry_timeouts).
+Opts = tuple[float | None, int | None, float | None, bool | None]
+NO_OPTS: Opts = (None, None, None, None)
 
 
 class Submit(msgspec.Struct, tag_field="op", tag="submit"):

@@ -146,6 +146,7 @@ class Daemon(SlotIO, Recovery, Lifecycle):
             self.pub_sock = self.ctx.socket(zmq.XPUB)
             self.pub_sock.setsockopt(zmq.LINGER, 0)
             self.pub_sock.setsockopt(zmq.SNDHWM, PUBLISH_SNDHWM)  # see publisher.py
+            self.pub_sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)  # subscriptions are short
             self._bind(self.pub_sock, self.cfg.endpoints.publisher, "publisher")
             self.control = self.ctx.socket(zmq.ROUTER)
             self.control.setsockopt(zmq.LINGER, 0)

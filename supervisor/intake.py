@@ -227,11 +227,14 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
             now,
             defaults.soft_timeout if spec.soft_timeout is None else spec.soft_timeout,
             spec.chunk,
+            defaults.retry_timeouts if spec.retry_timeouts is None else spec.retry_timeouts,
         )
         if group is not None:
             group.waiting += 1
         table.add(task)
         accepted.append(task_id)
+    if accepted:
+        d.publisher.task_event("task.accepted", accepted)
     if group is not None:
         if group.waiting == 0:
             d.send_reply(route, encoder.encode(Results(group.results)), req=True)

@@ -230,6 +230,8 @@ class Lifecycle(DaemonState):
         """SIGTERM the worker's group, SIGKILL it after shutdown.stop_timeout."""
         handle: WorkerHandle = slot.handle
         slot.move(S.STOPPING)
+        self.publisher.event("worker.stopping", slot=slot.index, pid=slot.pid,
+                             held=len(slot.inflight))
         # Read what is still in the pipe first: results that already
         # arrived must count, or their tasks would run twice.
         if handle.fd in self._handlers:

@@ -37,6 +37,7 @@ class TaskIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # A chunk: ``args`` is an array of argument arrays, the function runs
     # once per item, and the value is an array of [ok, value-or-error].
     chunk: bool = False
+    retry_timeouts: bool | None = None  # overrides tasks.retry_timeouts
 
 
 Ref = int | str | None  # a client's request reference, echoed in the reply

@@ -96,7 +96,7 @@ class Recovery(DaemonState):
                 crash_detail = (
                     f"worker {slot.index} (pid {pid}) died with {how} while running this task"
                 )
-            retry = charge.retry and (kind != TIMEOUT or self.cfg.tasks.retry_timeouts)
+            retry = charge.retry and (kind != TIMEOUT or task.retry_timeouts)
             if retry:
                 log.info("task_retried", id=task.id, task=task.name, attempt=task.attempts, why=crash_detail)
                 self.publisher.event(

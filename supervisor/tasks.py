@@ -33,7 +33,7 @@ class Task:
 
     __slots__ = (
         "key", "id", "name", "args", "kwargs", "route", "group",
-        "attempts", "crashes", "max_attempts", "timeout", "slot", "accepted_at", "extra", "soft_timeout", "size", "chunk",
+        "attempts", "crashes", "max_attempts", "timeout", "slot", "accepted_at", "extra", "soft_timeout", "size", "chunk", "retry_timeouts",
     )
 
     def __init__(
@@ -50,6 +50,7 @@ class Task:
         accepted_at: float = 0.0,
         soft_timeout: float = 0.0,
         chunk: bool = False,
+        retry_timeouts: bool = False,
     ) -> None:
         self.key = key
         self.id = id
@@ -66,6 +67,7 @@ class Task:
         self.accepted_at = accepted_at  # monotonic; for latency statistics
         self.soft_timeout = soft_timeout
         self.chunk = chunk
+        self.retry_timeouts = retry_timeouts
         self.size = len(args) + len(kwargs)  # payload bytes held for it
         # Further submitters of the same id: (route, group) pairs.
         self.extra: list[tuple[bytes | None, ReplyGroup | None]] | None = None
