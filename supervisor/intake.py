@@ -233,8 +233,8 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
             group.waiting += 1
         table.add(task)
         accepted.append(task_id)
-    if accepted:
-        d.publisher.task_event("task.accepted", accepted)
+    if accepted and d.publisher.wants_event("task.accepted"):
+        d.publisher.event("task.accepted", ids=accepted)
     if group is not None:
         if group.waiting == 0:
             d.send_reply(route, encoder.encode(Results(group.results)), req=True)

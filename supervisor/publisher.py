@@ -106,14 +106,10 @@ class Publisher:
         seq, gseq = self._next(topic)
         self._send(topic, encoder.encode(PublishedResults(seq, gseq, self.boot, results)))
 
-    def task_event(self, kind: str, ids: list[str], **fields: Any) -> None:
-        """A per-task state change, for a batch of tasks at once. Skipped
-        entirely (not even built) when nobody subscribes to it, so the hot
-        path pays one cached dict lookup."""
-        if self.wanted(b"event." + kind.encode()):
-            self.event(kind, ids=ids, **fields)
-        else:
-            self._next(b"event." + kind.encode())
+    def wants_event(self, kind: str) -> bool:
+        """Whether anyone subscribes to ``event.<kind>``. Per-task events
+        are built only then, so the hot path pays one cached dict lookup."""
+        return self.wanted(b"event." + kind.encode())
 
     def event(self, kind: str, **fields: Any) -> None:
         topic = b"event." + kind.encode()

@@ -265,8 +265,9 @@ class SlotIO(DaemonState):
                     [(t.key, t.name, t.args, t.kwargs, t.soft_timeout, t.chunk) for t in tasks]
                 )
             )
-            self.publisher.task_event("task.assigned", [t.id for t in tasks], slot=slot.index,
-                                      pid=slot.pid)
+            if self.publisher.wants_event("task.assigned"):
+                self.publisher.event("task.assigned", ids=[t.id for t in tasks],
+                                     slot=slot.index, pid=slot.pid)
             if handle.wants_write:
                 self._update_interest(slot)
 
