@@ -21,6 +21,10 @@ owns the DEALER socket. ``submit`` appends to a deque and wakes that thread
 only if it was idle; the thread sends everything queued as one message and
 completes futures in batches. ``map`` and ``imap_unordered`` do not create a
 Future per item: results land in a shared collector instead.
+
+A daemon restart loses nothing the client waits for: while tasks are
+pending the I/O thread pings every HEARTBEAT seconds, and a pong from a new
+``boot`` makes it send every pending task again under the same id.
 """
 
 from __future__ import annotations
@@ -62,6 +66,10 @@ DEFAULT_ENDPOINT = os.environ.get("PHALANX_ENDPOINT", "tcp://127.0.0.1:7455")
 MAX_BATCH = 1024  # tasks per message, well under the daemon's size limit
 STREAM_WINDOW = 65_536  # tasks a map/imap keeps in flight at once
 UNACKED_KEPT = 4096  # recent requests whose refusal could still arrive
+# While tasks are pending, the I/O thread pings this often. A pong from a
+# different ``boot`` means the daemon restarted and forgot what it held:
+# every task still pending is sent again, with the same id.
+HEARTBEAT = 1.0
 
 
 def task_name(task: str | Callable[..., Any]) -> str:
@@ -245,6 +253,10 @@ class Client(_Api):
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._pong: Future[_Pong] | None = None
+        self._boot: str | None = None  # the daemon run we last heard from
+        self._sent: dict[str, _TaskOut] = {}  # pending tasks as sent (I/O thread only)
+        self._next_heartbeat = 0.0
+        self.resubmitted = 0  # tasks sent again after a daemon restart
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._io_main, name="phalanx-client-io", daemon=True)
         self._thread.start()
@@ -419,6 +431,7 @@ class Client(_Api):
         sock.setsockopt(zmq.RCVHWM, 0)
         for ep in self._endpoints:
             sock.connect(ep)
+        sock.send(_encoder.encode({"op": "ping"}))  # learn the daemon's boot early
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -441,6 +454,11 @@ class Client(_Api):
             self._recv_all(sock)
             if self._closing and not self._pending and not outq:
                 return
+            if self._pending and len(self._endpoints) == 1:
+                now = time.monotonic()
+                if now >= self._next_heartbeat:
+                    self._next_heartbeat = now + HEARTBEAT
+                    sock.send(_encoder.encode({"op": "ping"}))
             self._idle = True
             if outq:
                 self._idle = False
@@ -475,6 +493,7 @@ class Client(_Api):
                 if not items:
                     continue
                 body = _encoder.encode(_Submit(items, ref))
+            self._sent.update(zip(ids, items, strict=True))
             unacked = self._unacked
             unacked[ref] = ids
             # Without acks nothing confirms a request; only a refusal (which
@@ -523,13 +542,33 @@ class Client(_Api):
                     self._complete_error(task_id, TaskError(
                         msg.error.type, msg.error.message, task_id=task_id))
             elif isinstance(msg, _Pong):
+                # With several daemons on one socket, boots differ by design.
+                if len(self._endpoints) == 1:
+                    if self._boot is not None and msg.boot != self._boot:
+                        self._resubmit(sock)
+                    self._boot = msg.boot
                 if self._pong is not None and not self._pong.done():
                     self._pong.set_result(msg)
 
+    def _resubmit(self, sock: zmq.Socket[bytes]) -> None:
+        """The daemon restarted: send every task still pending again, same
+        ids (a task the old daemon finished but whose result we missed may
+        run twice; one result reaches the caller)."""
+        again = [item for task_id, item in self._sent.items() if task_id in self._pending]
+        self._sent = {item.id: item for item in again}
+        self.resubmitted += len(again)
+        for start in range(0, len(again), MAX_BATCH):
+            batch = again[start:start + MAX_BATCH]
+            ref = next(self._refs)
+            self._unacked[ref] = [item.id for item in batch]
+            sock.send(_encoder.encode(_Submit(batch, ref)))
+
     def _on_results(self, results: list[_Res]) -> None:
         pending = self._pending
+        sent = self._sent
         touched: list[_Collector] = []
         for res in results:
+            sent.pop(res.id, None)  # type: ignore[arg-type]
             sink = pending.pop(res.id, None)  # type: ignore[arg-type]
             if sink is None:
                 continue  # a duplicate answer for an id already settled
@@ -577,6 +616,7 @@ class Client(_Api):
                     e.get("traceback"), res.id)))
 
     def _complete_error(self, task_id: str, err: TaskError) -> None:
+        self._sent.pop(task_id, None)
         sink = self._pending.pop(task_id, None)
         if sink is None:
             return
