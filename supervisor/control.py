@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from supervisor.state import DaemonState as Daemon
 
 log = structlog.get_logger("phalanxd")
+_POLLIN = int(zmq.POLLIN)
 
 
 class ControlRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -32,12 +33,13 @@ class ControlRequest(msgspec.Struct, forbid_unknown_fields=True):
 _decoder = msgspec.msgpack.Decoder(ControlRequest)
 
 
-def on_readable(d: Daemon) -> None:
+def on_readable(d: Daemon) -> bool:
+    """Answer waiting requests; True if the budget ran out with more left
+    (reading until ZMQ_EVENTS is clear re-arms the loop's ZMQ_FD)."""
     for _ in range(64):
-        try:
-            frames = d.control.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return
+        if not int(d.control.getsockopt(zmq.EVENTS)) & _POLLIN:
+            return False
+        frames = d.control.recv_multipart(zmq.NOBLOCK)
         route, req = frames[0], len(frames) == 3 and not frames[1]
         try:
             if len(frames) not in (2, 3) or (len(frames) == 3 and frames[1]):
@@ -63,3 +65,4 @@ def on_readable(d: Daemon) -> None:
             d.control.send_multipart(frames_out, zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
+    return bool(int(d.control.getsockopt(zmq.EVENTS)) & _POLLIN)

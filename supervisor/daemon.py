@@ -110,6 +110,8 @@ class Daemon(SlotIO, Recovery, Lifecycle):
         self._maintenance = False  # some slot is waiting to retire or recycle
         self._pool_restarts: deque[float] = deque()
         self._restarts_deferred: list[Slot] | None = None
+        self._zmq_drains: dict[zmq.Socket[bytes], Callable[[], bool]] = {}
+        self._zmq_recheck: set[zmq.Socket[bytes]] = set()
         self.fs_generation = 0
         self._old_forkservers: dict[int, Any] = {}
         self._pool_crash_loop = False
@@ -160,9 +162,9 @@ class Daemon(SlotIO, Recovery, Lifecycle):
             self.close_sockets()
             raise
         self.publisher = Publisher(self.pub_sock, self.boot)
-        self._watch(self.intake, lambda ev: intake.on_readable(self))
-        self._watch(self.control, lambda ev: control.on_readable(self))
-        self._watch(self.pub_sock, lambda ev: self.publisher.on_readable())
+        self._watch_zmq(self.intake, lambda: intake.on_readable(self))
+        self._watch_zmq(self.control, lambda: control.on_readable(self))
+        self._watch_zmq(self.pub_sock, self.publisher.on_readable)
         self._install_signals()
         self.subreaper = reaper.become_subreaper()
         if self.cfg.workers.start_method == "forkserver":
@@ -234,6 +236,39 @@ class Daemon(SlotIO, Recovery, Lifecycle):
             signal.signal(signum, _wake_only)
         self._watch(self._sig_r.fileno(), lambda ev: self._on_signals())
 
+    def _watch_zmq(self, sock: zmq.Socket[bytes], drain: Callable[[], bool]) -> None:
+        """Poll a ZeroMQ socket through its ZMQ_FD, as a plain fd.
+
+        Why: zmq_poll asks every socket it polls for ZMQ_EVENTS before and
+        after waiting, each a syscall or two, on every turn of the loop,
+        even for the control and publisher sockets that are idle nearly
+        always. ZMQ_FD is edge-triggered: it fires when something changed,
+        and is re-armed once ZMQ_EVENTS has been read after the last
+        operation. So ``drain`` reads until ZMQ_EVENTS shows nothing, and a
+        socket we sent on (which can consume the edge) or whose drain
+        stopped at its budget is checked again at the end of the turn.
+        """
+        self._zmq_drains[sock] = drain
+        self._watch(sock.getsockopt(zmq.FD), lambda ev: self._drain_zmq(sock))
+        self._zmq_recheck.add(sock)  # anything queued before we polled
+
+    def _drain_zmq(self, sock: zmq.Socket[bytes]) -> None:
+        if self._zmq_drains[sock]():
+            self._zmq_recheck.add(sock)
+
+    def _recheck_zmq(self) -> None:
+        recheck = self._zmq_recheck
+        if self.publisher.touched:
+            self.publisher.touched = False
+            recheck.add(self.pub_sock)
+        if not recheck:
+            return
+        sockets = list(recheck)
+        recheck.clear()
+        for sock in sockets:
+            if int(sock.getsockopt(zmq.EVENTS)) & POLLIN:
+                self._drain_zmq(sock)
+
     def _watch(self, what: Any, handler: Callable[[int], None], flags: int = zmq.POLLIN) -> None:
         self._handlers[what] = handler
         self.poller.register(what, flags)
@@ -274,6 +309,8 @@ class Daemon(SlotIO, Recovery, Lifecycle):
             when = min(when, wd)
         if self.draining:
             when = min(when, now + 0.05)
+        if self._zmq_recheck:
+            return 0
         return max(0, int((when - now) * 1000) + 1)
 
     # ================================================================ loop
@@ -296,6 +333,7 @@ class Daemon(SlotIO, Recovery, Lifecycle):
             if self.table.queue:
                 self._dispatch(now)
             self.flush_output()
+            self._recheck_zmq()
             if self._maintenance:
                 self._maintain(now)
             if self.draining:
@@ -329,6 +367,7 @@ class Daemon(SlotIO, Recovery, Lifecycle):
     # ============================================================== output
     def send_reply(self, route: bytes, body: bytes, req: bool = False) -> None:
         frames = (route, b"", body) if req else (route, body)
+        self._zmq_recheck.add(self.intake)  # a send may consume the ZMQ_FD edge
         try:
             self.intake.send_multipart(frames, zmq.NOBLOCK, copy=len(body) < 65536)
         except zmq.ZMQError as exc:

@@ -62,14 +62,18 @@ _EVENTS = zmq.EVENTS
 _POLLIN = int(zmq.POLLIN)
 
 
-def on_readable(d: Daemon) -> None:
+def on_readable(d: Daemon) -> bool:
+    """Handle what is waiting; True if the budget ran out with more to read.
+
+    Reads until ZMQ_EVENTS shows nothing more, which both avoids raising
+    zmq.Again (costlier than a small request) and re-arms the socket's
+    edge-triggered ZMQ_FD that the loop polls (see daemon.py)."""
     sock = d.intake
-    # Ask ZMQ_EVENTS instead of reading until zmq.Again: building that
-    # exception costs more than handling a small request.
     for _ in range(BUDGET):
         if not int(sock.getsockopt(_EVENTS)) & _POLLIN:
-            return
+            return False
         handle(d, sock.recv_multipart(zmq.NOBLOCK))
+    return bool(int(sock.getsockopt(_EVENTS)) & _POLLIN)
 
 
 def handle(d: Daemon, frames: list[bytes]) -> None:

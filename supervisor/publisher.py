@@ -22,6 +22,8 @@ import zmq
 
 from supervisor.protocol import PublishedResults, Result, encoder
 
+_POLLIN = int(zmq.POLLIN)
+
 # What a subscriber that stops reading can cost us. libzmq queues up to
 # SNDHWM *messages* per subscriber, whatever their size, and result
 # messages are batches: with 100 000 messages of a few thousand results
@@ -43,16 +45,18 @@ class Publisher:
         self._subs: Counter[bytes] = Counter()
         self._wanted: dict[bytes, bool] = {}
         self.sent = 0
+        self.touched = False
         self.dropped = 0
 
     # ------------------------------------------------------- subscriptions
-    def on_readable(self) -> None:
-        """Drain subscribe/unsubscribe notifications from XPUB."""
+    def on_readable(self) -> bool:
+        """Drain subscribe/unsubscribe notifications from XPUB (until
+        ZMQ_EVENTS is clear, which re-arms the loop's ZMQ_FD)."""
+        self.touched = False
         while True:
-            try:
-                msg = self.sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+            if not int(self.sock.getsockopt(zmq.EVENTS)) & _POLLIN:
+                return False
+            msg = self.sock.recv(zmq.NOBLOCK)
             if not msg:
                 continue
             prefix = bytes(msg[1:])
@@ -79,6 +83,7 @@ class Publisher:
         return seq, self.gseq
 
     def _send(self, topic: bytes, body: bytes) -> None:
+        self.touched = True  # a send may consume the ZMQ_FD edge: re-check
         try:
             self.sock.send_multipart((topic, body), zmq.NOBLOCK, copy=len(body) < 65536)
             self.sent += 1

@@ -71,6 +71,7 @@ class DaemonState:
     _restarts_deferred: list[Slot] | None
     _pool_crash_loop: bool
     _lock_fd: int
+    _zmq_recheck: set[zmq.Socket[bytes]]
     fs_generation: int
     _old_forkservers: dict[int, Any]
 
