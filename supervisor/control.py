@@ -17,12 +17,12 @@ import zmq
 from supervisor.commands import COMMANDS
 from supervisor.errors import BadRequest, RequestError, UnknownCommand
 from supervisor.protocol import encoder
+from supervisor.zmqio import has_input
 
 if TYPE_CHECKING:
     from supervisor.state import DaemonState as Daemon
 
 log = structlog.get_logger("phalanxd")
-_POLLIN = int(zmq.POLLIN)
 
 
 class ControlRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -37,7 +37,7 @@ def on_readable(d: Daemon) -> bool:
     """Answer waiting requests; True if the budget ran out with more left
     (reading until ZMQ_EVENTS is clear re-arms the loop's ZMQ_FD)."""
     for _ in range(64):
-        if not int(d.control.getsockopt(zmq.EVENTS)) & _POLLIN:
+        if not has_input(d.control):
             return False
         frames = d.control.recv_multipart(zmq.NOBLOCK)
         route, req = frames[0], len(frames) == 3 and not frames[1]
@@ -65,4 +65,4 @@ def on_readable(d: Daemon) -> bool:
             d.control.send_multipart(frames_out, zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
-    return bool(int(d.control.getsockopt(zmq.EVENTS)) & _POLLIN)
+    return has_input(d.control)

@@ -62,10 +62,9 @@ from supervisor.slots import Slot, SlotState
 from supervisor.stats import LatencyHistogram, RateMeter
 from supervisor.tasks import TaskTable
 from supervisor.workerproc import stop_forkserver
+from supervisor.zmqio import has_input
 
 log = structlog.get_logger("phalanxd")
-# Plain ints: zmq's IntFlag members are slow to combine on the hot path.
-POLLIN, POLLOUT, POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
 S = SlotState
 INTAKE_SNDHWM = 10_000  # reply messages queued per client, see start()
 
@@ -83,7 +82,6 @@ class Daemon(SlotIO, Recovery, Lifecycle):
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.boot = uuid.uuid4().hex[:12]
-        self.started_wall = time.time()
         self.started_mono = time.monotonic()
         self.table = TaskTable(cfg.tasks.result_cache)
         self.slots = [
@@ -266,7 +264,7 @@ class Daemon(SlotIO, Recovery, Lifecycle):
         sockets = list(recheck)
         recheck.clear()
         for sock in sockets:
-            if int(sock.getsockopt(zmq.EVENTS)) & POLLIN:
+            if has_input(sock):
                 self._drain_zmq(sock)
 
     def _watch(self, what: Any, handler: Callable[[int], None], flags: int = zmq.POLLIN) -> None:

@@ -50,6 +50,7 @@ from supervisor.protocol import (
     is_map,
 )
 from supervisor.tasks import ReplyGroup, Task
+from supervisor.zmqio import has_input
 
 if TYPE_CHECKING:
     from supervisor.state import DaemonState as Daemon
@@ -58,22 +59,16 @@ if TYPE_CHECKING:
 BUDGET = 512
 
 
-_EVENTS = zmq.EVENTS
-_POLLIN = int(zmq.POLLIN)
-
-
 def on_readable(d: Daemon) -> bool:
     """Handle what is waiting; True if the budget ran out with more to read.
 
-    Reads until ZMQ_EVENTS shows nothing more, which both avoids raising
-    zmq.Again (costlier than a small request) and re-arms the socket's
-    edge-triggered ZMQ_FD that the loop polls (see daemon.py)."""
+    Reads until ZMQ_EVENTS shows nothing more (see zmqio.has_input)."""
     sock = d.intake
     for _ in range(BUDGET):
-        if not int(sock.getsockopt(_EVENTS)) & _POLLIN:
+        if not has_input(sock):
             return False
         handle(d, sock.recv_multipart(zmq.NOBLOCK))
-    return bool(int(sock.getsockopt(_EVENTS)) & _POLLIN)
+    return has_input(sock)
 
 
 def handle(d: Daemon, frames: list[bytes]) -> None:

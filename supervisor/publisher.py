@@ -17,12 +17,10 @@ import time
 from collections import Counter
 from typing import Any
 
-import msgspec
 import zmq
 
 from supervisor.protocol import PublishedResults, Result, encoder
-
-_POLLIN = int(zmq.POLLIN)
+from supervisor.zmqio import has_input
 
 # What a subscriber that stops reading can cost us. libzmq queues up to
 # SNDHWM *messages* per subscriber, whatever their size, and result
@@ -54,7 +52,7 @@ class Publisher:
         ZMQ_EVENTS is clear, which re-arms the loop's ZMQ_FD)."""
         self.touched = False
         while True:
-            if not int(self.sock.getsockopt(zmq.EVENTS)) & _POLLIN:
+            if not has_input(self.sock):
                 return False
             msg = self.sock.recv(zmq.NOBLOCK)
             if not msg:
@@ -129,6 +127,3 @@ class Publisher:
             payload = encoder.encode({k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in body.items()})
         self._send(topic, payload)
 
-
-def decode_body(body: bytes) -> Any:
-    return msgspec.msgpack.decode(body)

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import structlog
-import zmq
 
 from supervisor.output import RingLog
 from supervisor.protocol import (
@@ -29,10 +28,9 @@ from supervisor.slots import Slot, SlotState
 from supervisor.state import DaemonState
 from supervisor.tasks import ReplyGroup, Task, plan
 from supervisor.workerproc import PipeBroken, WorkerHandle
+from supervisor.zmqio import POLLERR, POLLIN, POLLOUT
 
 log = structlog.get_logger("phalanxd")
-# Plain ints: zmq's IntFlag members are slow to combine on the hot path.
-POLLIN, POLLOUT, POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
 S = SlotState
 
 
@@ -43,7 +41,6 @@ class SlotIO(DaemonState):
         now = time.monotonic()
         slot.move(S.STARTING)
         slot.generation += 1
-        slot.started_at = now
         slot.running_since = 0.0
         slot.assigned = 0
         limit = self.cfg.workers.max_tasks_per_worker

@@ -69,7 +69,6 @@ class Slot:
     state: SlotState = SlotState.STOPPED
     pid: int | None = None
     generation: int = 0  # how many workers this slot has started
-    started_at: float = 0.0  # monotonic, of the current worker
     running_since: float = 0.0  # monotonic, when it said hello
     inflight: deque[Task] = field(default_factory=deque)
     head_since: float = 0.0  # when the oldest in-flight task started running

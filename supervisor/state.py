@@ -32,7 +32,6 @@ from supervisor.tasks import TaskTable
 class DaemonState:
     cfg: Config
     boot: str
-    started_wall: float
     started_mono: float
     table: TaskTable
     slots: list[Slot]
