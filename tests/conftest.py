@@ -40,8 +40,8 @@ import psutil
 import pytest
 import zmq
 
-from supervisor import ctlclient
 from supervisor.client import Client, Message, Subscriber
+from supervisor.ctl import connection as ctlclient
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""Pure unit tests for restart decisions (supervisor/policy.py).
+"""Pure unit tests for restart decisions (supervisor/core/policy.py).
 
 ``decide`` is a function of the slot's restart history, its consecutive
 backoff count and the config; the daemon bumps ``slot.backoffs`` after a
@@ -13,8 +13,8 @@ import random
 import pytest
 
 from supervisor.config import RestartSection
-from supervisor.policy import Decision, decide, record_restart, stable
-from supervisor.slots import Slot
+from supervisor.core.policy import Decision, decide, record_restart, stable
+from supervisor.core.slots import Slot
 
 
 def policy(**kw: float) -> RestartSection:

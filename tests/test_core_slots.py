@@ -1,4 +1,4 @@
-"""Pure unit tests for worker slots (supervisor/slots.py): the state machine
+"""Pure unit tests for worker slots (supervisor/core/slots.py): the state machine
 and the adaptive prefetch window."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from supervisor.slots import (
+from supervisor.core.slots import (
     TARGET_HOLD,
     TRANSITIONS,
     IllegalTransition,

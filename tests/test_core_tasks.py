@@ -1,4 +1,4 @@
-"""Pure unit tests for the task table and the dispatch plan (supervisor/tasks.py).
+"""Pure unit tests for the task table and the dispatch plan (supervisor/core/tasks.py).
 
 No processes, no sockets: slots are plain ``Slot`` objects put in the state
 the test needs, tasks are built directly.
@@ -11,9 +11,9 @@ from collections.abc import Iterable
 import msgspec
 import pytest
 
+from supervisor.core.slots import Slot, SlotState
+from supervisor.core.tasks import Charge, ReplyGroup, Task, TaskTable, plan
 from supervisor.protocol import NO_ARGS, NO_KWARGS
-from supervisor.slots import Slot, SlotState
-from supervisor.tasks import Charge, ReplyGroup, Task, TaskTable, plan
 
 # A service estimate this small opens the prefetch window all the way to
 # max_window, so ``free`` is limited only by what the slot already holds.

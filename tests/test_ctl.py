@@ -31,12 +31,12 @@ from typing import Any
 import psutil
 import pytest
 
-from supervisor import ctl_render as render
 from supervisor.client import TaskError
-from supervisor.ctl import find_endpoint
-from supervisor.ctl_commands import arguments
-from supervisor.ctl_core import UsageError, parse_slots
-from supervisor.ctl_stream import connectable
+from supervisor.ctl import render
+from supervisor.ctl.commands import arguments
+from supervisor.ctl.core import UsageError, parse_slots
+from supervisor.ctl.main import find_endpoint
+from supervisor.ctl.stream import connectable
 from tests.conftest import Daemon, StartDaemon, alive, merge, to_toml, wait_until
 
 ECHO = "workers.builtin:echo"
@@ -454,9 +454,9 @@ def test_pause_and_resume(shared_daemon: Daemon) -> None:
 def test_shell_completion(shared_daemon: Daemon) -> None:
     """The shell completes command names, then the daemon's slot numbers and
     `all`, streams after `tail SLOT`, signal names after `signal`."""
-    from supervisor.ctl import run_command
-    from supervisor.ctl_core import Ctl
-    from supervisor.ctl_shell import Shell
+    from supervisor.ctl.core import Ctl
+    from supervisor.ctl.main import run_command
+    from supervisor.ctl.shell import Shell
 
     shell = Shell(Ctl(shared_daemon.control, interactive=True), run_command)
     assert shell.completenames("st") == ["status", "start", "stop", "stats"]
@@ -737,21 +737,21 @@ def test_control_socket_and_runtime_dir_are_owner_only(private_daemon: Daemon, i
 # byte on the socket is then done as that user, which is what is tested.
 AS_USER = """
 import os, sys
-import gettext, locale, shutil, supervisor.ctl, supervisor.ctlclient
-from supervisor.ctl_commands import COMMANDS, parse
+import gettext, locale, shutil, supervisor.ctl.main, supervisor.ctl.connection
+from supervisor.ctl.commands import COMMANDS, parse
 if sys.argv[3] != "--raw":  # argparse imports lazily: parse once while we can
-    ns = supervisor.ctl.global_parser().parse_args(sys.argv[3:])
+    ns = supervisor.ctl.main.global_parser().parse_args(sys.argv[3:])
     parse(COMMANDS[ns.command], ns.args, ns.command)
 uid, gid = int(sys.argv[1]), int(sys.argv[2])
 os.setgroups([]); os.setgid(gid); os.setuid(uid)
 assert os.geteuid() == uid and os.getegid() == gid
 if sys.argv[3] == "--raw":  # a bare control request, no phalanxctl checks
     try:
-        supervisor.ctlclient.call(sys.argv[4], "version", timeout=1.0)
-    except supervisor.ctlclient.Unreachable:
+        supervisor.ctl.connection.call(sys.argv[4], "version", timeout=1.0)
+    except supervisor.ctl.connection.Unreachable:
         sys.exit(7)
     sys.exit(0)
-sys.exit(supervisor.ctl.main(sys.argv[3:]))
+sys.exit(supervisor.ctl.main.main(sys.argv[3:]))
 """
 
 

@@ -1,6 +1,6 @@
 """phalanxd as an operator meets it: config checks, exit codes, signals, drain.
 
-Exit codes (supervisor/daemon_main.py): 0 clean stop, 2 bad configuration,
+Exit codes (supervisor/daemon/main.py): 0 clean stop, 2 bad configuration,
 3 start-up failure. A stop leaves no process behind; the ``start_daemon``
 fixture checks that after every test, and the tests here check it
 explicitly where stopping is the point.

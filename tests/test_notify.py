@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.notify import Notifier
+from supervisor.daemon.notify import Notifier
 
 RECV_TIMEOUT = 5.0
 

@@ -7,7 +7,7 @@ import os
 import signal
 from pathlib import Path
 
-from supervisor.output import RingLog
+from supervisor.daemon.output import RingLog
 from tests.conftest import StartDaemon, wait_until
 
 SAY = "workers.builtin:say"

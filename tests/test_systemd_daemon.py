@@ -711,7 +711,7 @@ OPERATIONS = REPO / "docs" / "OPERATIONS.md"
 def test_operations_doc_lists_every_signal_the_daemon_handles() -> None:
     """docs/OPERATIONS.md's signal table names each signal in the daemon's
     SIGNAL_ACTIONS, so the table cannot silently fall behind the code."""
-    from supervisor.daemon import SIGNAL_ACTIONS
+    from supervisor.daemon.daemon import SIGNAL_ACTIONS
 
     section = OPERATIONS.read_text().split("## Signals", 1)[1].split("\n## ", 1)[0]
     first_cells = [row.split("|")[1] for row in section.splitlines() if row.startswith("| SIG")

@@ -13,7 +13,8 @@ import signal
 import sys
 import traceback
 
-from supervisor import __version__, config, logs
+from supervisor import __version__, config
+from supervisor.daemon import logs
 from supervisor.errors import ConfigError, StartupError
 
 EXIT_OK = 0
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"phalanxd: invalid config: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     logs.configure(cfg.daemon.log_level, cfg.daemon.log_format)
-    from supervisor.daemon import Daemon  # after logging is set up
+    from supervisor.daemon.daemon import Daemon  # after logging is set up
 
     daemon = Daemon(cfg)
     try:

@@ -19,6 +19,8 @@ import msgspec
 import zmq
 
 from supervisor import __version__
+from supervisor.core.tasks import ReplyGroup, Task
+from supervisor.daemon.zmqio import has_input
 from supervisor.errors import (
     BadRequest,
     NotAllowed,
@@ -49,11 +51,9 @@ from supervisor.protocol import (
     is_array,
     is_map,
 )
-from supervisor.tasks import ReplyGroup, Task
-from supervisor.zmqio import has_input
 
 if TYPE_CHECKING:
-    from supervisor.state import DaemonState as Daemon
+    from supervisor.daemon.state import DaemonState as Daemon
 
 # Requests handled per wake-up before the loop tends to workers again.
 BUDGET = 512

@@ -21,10 +21,10 @@ from typing import Any
 
 import psutil
 
-from supervisor import ctlclient
 from supervisor.client import Subscriber
 from supervisor.config import Config
-from supervisor.demo_daemon import CannotStart, Workers
+from supervisor.ctl import connection as ctlclient
+from supervisor.demo.daemon import CannotStart, Workers
 
 
 # ============================================================ watch (events)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from supervisor.config import RestartSection
-from supervisor.slots import Slot
+from supervisor.core.slots import Slot
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from supervisor.client import TaskError
 from supervisor.config import Config
-from supervisor.demo_chaos import Watch
+from supervisor.demo.chaos import Watch
 
 
 # ===================================================================== tally

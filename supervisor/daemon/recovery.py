@@ -15,11 +15,12 @@ import time
 
 import structlog
 
-from supervisor import policy, reaper
+from supervisor.core import policy
+from supervisor.core.slots import Slot, SlotState
+from supervisor.daemon import reaper
+from supervisor.daemon.state import DaemonState
+from supervisor.daemon.workerproc import WorkerHandle, reap_group, stop_forkserver
 from supervisor.errors import TIMEOUT, WORKER_CRASHED, describe_exit
-from supervisor.slots import Slot, SlotState
-from supervisor.state import DaemonState
-from supervisor.workerproc import WorkerHandle, reap_group, stop_forkserver
 
 log = structlog.get_logger("phalanxd")
 S = SlotState

@@ -13,9 +13,10 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from supervisor import ctl_render as render
-from supervisor import ctl_slots, ctl_stream
-from supervisor.ctl_core import EXIT_NOT_RUNNING, EXIT_OK, Ctl, Parser, Run, UsageError, parse_slots
+from supervisor.ctl import render
+from supervisor.ctl import slots as ctl_slots
+from supervisor.ctl import stream as ctl_stream
+from supervisor.ctl.core import EXIT_NOT_RUNNING, EXIT_OK, Ctl, Parser, Run, UsageError, parse_slots
 
 Configure = Callable[[argparse.ArgumentParser], None]
 

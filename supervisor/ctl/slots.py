@@ -14,8 +14,8 @@ import argparse
 import time
 from typing import Any
 
-from supervisor import ctl_render as render
-from supervisor.ctl_core import EXIT_FAILED, EXIT_OK, CommandFailed, Ctl, Run, parse_slots
+from supervisor.ctl import render
+from supervisor.ctl.core import EXIT_FAILED, EXIT_OK, CommandFailed, Ctl, Run, parse_slots
 
 DEFAULT_WAIT = 30.0  # a worker may take restart.start_timeout (30 s) to say hello
 POLL = 0.05

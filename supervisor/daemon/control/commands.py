@@ -18,8 +18,8 @@ from supervisor.config import to_dict
 from supervisor.errors import BadRequest, ConfigError, RequestError
 
 if TYPE_CHECKING:
-    from supervisor.slots import Slot
-    from supervisor.state import DaemonState as Daemon
+    from supervisor.core.slots import Slot
+    from supervisor.daemon.state import DaemonState as Daemon
 
 Handler = Callable[["Daemon", dict[str, Any]], Any]
 
@@ -193,7 +193,7 @@ def cmd_tail(d: Daemon, args: dict[str, Any]) -> Any:
 
 
 def cmd_maintail(d: Daemon, args: dict[str, Any]) -> Any:
-    from supervisor.logs import MAIN_LOG
+    from supervisor.daemon.logs import MAIN_LOG
 
     return _tail(MAIN_LOG, args)
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import zmq
 
+from supervisor.daemon.zmqio import has_input
 from supervisor.protocol import PublishedResults, Result, encoder
-from supervisor.zmqio import has_input
 
 # What a subscriber that stops reading can cost us. libzmq queues up to
 # SNDHWM *messages* per subscriber, whatever their size, and result

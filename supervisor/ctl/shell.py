@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from supervisor.ctl_commands import COMMANDS
-from supervisor.ctl_core import EXIT_OK, Ctl, CtlFailure
+from supervisor.ctl.commands import COMMANDS
+from supervisor.ctl.core import EXIT_OK, Ctl, CtlFailure
 
 RunCommand = Callable[[Ctl, str, list[str], str], int]
 

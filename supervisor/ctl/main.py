@@ -29,8 +29,8 @@ import sys
 from collections.abc import Mapping
 
 from supervisor import __version__, config
-from supervisor.ctl_commands import COMMANDS, parse
-from supervisor.ctl_core import (
+from supervisor.ctl.commands import COMMANDS, parse
+from supervisor.ctl.core import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_NO_SUCH,
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     ctl = Ctl(endpoint, timeout=ns.timeout, json=ns.json)
     if ns.command is None:
-        from supervisor.ctl_shell import Shell
+        from supervisor.ctl.shell import Shell
 
         return Shell(dataclasses.replace(ctl, interactive=True), run_command).run()
     try:

@@ -15,12 +15,12 @@ from pathlib import Path
 import structlog
 
 from supervisor import config as config_mod
-from supervisor import logs, reconfig
 from supervisor.config import Config
+from supervisor.core.slots import Slot, SlotState
+from supervisor.daemon import logs, reconfig
+from supervisor.daemon.state import DaemonState
+from supervisor.daemon.workerproc import WorkerHandle, renew_forkserver
 from supervisor.errors import ConfigError
-from supervisor.slots import Slot, SlotState
-from supervisor.state import DaemonState
-from supervisor.workerproc import WorkerHandle, renew_forkserver
 
 log = structlog.get_logger("phalanxd")
 S = SlotState

@@ -43,19 +43,19 @@ from typing import Any, Self
 import msgspec
 import zmq
 
-from supervisor.client_wire import NO_OPTS, Opts
-from supervisor.client_wire import Ack as _Ack
-from supervisor.client_wire import Err as _Err
-from supervisor.client_wire import ErrorReply as _ErrorReply
-from supervisor.client_wire import Pong as _Pong
-from supervisor.client_wire import Res as _Res
-from supervisor.client_wire import Results as _Results
-from supervisor.client_wire import Submit as _Submit
-from supervisor.client_wire import TaskOut as _TaskOut
-from supervisor.client_wire import decoder as _decoder
-from supervisor.client_wire import encoder as _encoder
-from supervisor.futures import AsyncResult, TaskError
-from supervisor.subscriber import DEFAULT_PUBLISHER, Message, Subscriber
+from supervisor.client.futures import AsyncResult, TaskError
+from supervisor.client.subscriber import DEFAULT_PUBLISHER, Message, Subscriber
+from supervisor.client.wire import NO_OPTS, Opts
+from supervisor.client.wire import Ack as _Ack
+from supervisor.client.wire import Err as _Err
+from supervisor.client.wire import ErrorReply as _ErrorReply
+from supervisor.client.wire import Pong as _Pong
+from supervisor.client.wire import Res as _Res
+from supervisor.client.wire import Results as _Results
+from supervisor.client.wire import Submit as _Submit
+from supervisor.client.wire import TaskOut as _TaskOut
+from supervisor.client.wire import decoder as _decoder
+from supervisor.client.wire import encoder as _encoder
 
 __all__ = [
     "DEFAULT_ENDPOINT", "DEFAULT_PUBLISHER", "AsyncResult", "Client", "Message",

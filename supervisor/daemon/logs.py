@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from supervisor.output import RingLog
+from supervisor.daemon.output import RingLog
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}

@@ -14,13 +14,13 @@ import msgspec
 import structlog
 import zmq
 
-from supervisor.commands import COMMANDS
+from supervisor.daemon.control.commands import COMMANDS
+from supervisor.daemon.zmqio import has_input
 from supervisor.errors import BadRequest, RequestError, UnknownCommand
 from supervisor.protocol import encoder
-from supervisor.zmqio import has_input
 
 if TYPE_CHECKING:
-    from supervisor.state import DaemonState as Daemon
+    from supervisor.daemon.state import DaemonState as Daemon
 
 log = structlog.get_logger("phalanxd")
 

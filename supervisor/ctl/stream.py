@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from supervisor import ctl_render as render
 from supervisor.client import Subscriber
-from supervisor.ctl_core import EXIT_OK, Ctl, Interrupt, UsageError
+from supervisor.ctl import render
+from supervisor.ctl.core import EXIT_OK, Ctl, Interrupt, UsageError
 
 POLL_INTERVAL = 0.2  # tail -f: seconds between polls when nothing is new
 CHUNK = 64 * 1024  # tail -f: bytes asked for per poll

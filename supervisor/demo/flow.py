@@ -51,17 +51,17 @@ from typing import Any
 
 import supervisor
 from supervisor import config as config_mod
-from supervisor import ctlclient
 from supervisor.client import Client
-from supervisor.demo_chaos import Watch, chaos_main, settle, subscribe_handshake, watch_main
-from supervisor.demo_daemon import (
+from supervisor.ctl import connection as ctlclient
+from supervisor.demo.chaos import Watch, chaos_main, settle, subscribe_handshake, watch_main
+from supervisor.demo.daemon import (
     CannotStart,
     DaemonProcess,
     Workers,
     emergency_stop,
     endpoint_problems,
 )
-from supervisor.demo_report import Progress, Tally, render, summarize, verdict
+from supervisor.demo.report import Progress, Tally, render, summarize, verdict
 from supervisor.errors import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_CANNOT_START, EXIT_INTERRUPTED = 0, 1, 2, 130

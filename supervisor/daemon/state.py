@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from supervisor.config import Config
-from supervisor.notify import Notifier
-from supervisor.output import RingLog
+from supervisor.core.slots import Slot
+from supervisor.core.stats import LatencyHistogram, RateMeter
+from supervisor.core.tasks import TaskTable
+from supervisor.daemon.notify import Notifier
+from supervisor.daemon.output import RingLog
+from supervisor.daemon.publisher import Publisher
+from supervisor.daemon.reconfig import Change
 from supervisor.protocol import Result
-from supervisor.publisher import Publisher
-from supervisor.reconfig import Change
-from supervisor.slots import Slot
-from supervisor.stats import LatencyHistogram, RateMeter
-from supervisor.tasks import TaskTable
 
 
 class DaemonState:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import msgspec
 
+from supervisor.core.slots import Slot
 from supervisor.protocol import Result
-from supervisor.slots import Slot
 
 
 class Task:

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Self, TextIO
 
-from supervisor import ctlclient
+from supervisor.ctl import connection as ctlclient
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -43,26 +43,28 @@ from typing import Any
 import structlog
 import zmq
 
-from supervisor import __version__, control, intake, reaper
+from supervisor import __version__
 from supervisor.config import Config
+from supervisor.core.slots import Slot, SlotState
+from supervisor.core.stats import LatencyHistogram, RateMeter
+from supervisor.core.tasks import TaskTable
+from supervisor.daemon import intake, reaper
+from supervisor.daemon.control import dispatch as control
+from supervisor.daemon.lifecycle import Lifecycle
+from supervisor.daemon.notify import Notifier
+from supervisor.daemon.output import RingLog
+from supervisor.daemon.publisher import SNDHWM as PUBLISH_SNDHWM
+from supervisor.daemon.publisher import Publisher
+from supervisor.daemon.recovery import Recovery
+from supervisor.daemon.slot_io import SlotIO
+from supervisor.daemon.workerproc import stop_forkserver
+from supervisor.daemon.zmqio import has_input
 from supervisor.errors import StartupError
-from supervisor.lifecycle import Lifecycle
-from supervisor.notify import Notifier
-from supervisor.output import RingLog
 from supervisor.protocol import (
     Result,
     Results,
     encoder,
 )
-from supervisor.publisher import SNDHWM as PUBLISH_SNDHWM
-from supervisor.publisher import Publisher
-from supervisor.recovery import Recovery
-from supervisor.slot_io import SlotIO
-from supervisor.slots import Slot, SlotState
-from supervisor.stats import LatencyHistogram, RateMeter
-from supervisor.tasks import TaskTable
-from supervisor.workerproc import stop_forkserver
-from supervisor.zmqio import has_input
 
 log = structlog.get_logger("phalanxd")
 S = SlotState
@@ -187,7 +189,7 @@ class Daemon(SlotIO, Recovery, Lifecycle):
         # Each child re-runs the main script (phalanxd) before its target;
         # without its imports (structlog, asyncio, ssl: ~100 ms) cached in
         # the forkserver, every worker restart paid for them again.
-        return ["supervisor.daemon_main", "multiprocessing.sharedctypes", "workers.loop",
+        return ["supervisor.daemon.main", "multiprocessing.sharedctypes", "workers.loop",
                 *self.allow, *self.cfg.workers.preload]
 
     def _prepare_runtime_dir(self) -> None:

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import structlog
 
-from supervisor.output import RingLog
+from supervisor.core.slots import Slot, SlotState
+from supervisor.core.tasks import ReplyGroup, Task, plan
+from supervisor.daemon.output import RingLog
+from supervisor.daemon.state import DaemonState
+from supervisor.daemon.workerproc import PipeBroken, WorkerHandle
+from supervisor.daemon.zmqio import POLLERR, POLLIN, POLLOUT
 from supervisor.protocol import (
     Batch,
     Hello,
@@ -24,11 +29,6 @@ from supervisor.protocol import (
     error_raw,
     worker_decoder,
 )
-from supervisor.slots import Slot, SlotState
-from supervisor.state import DaemonState
-from supervisor.tasks import ReplyGroup, Task, plan
-from supervisor.workerproc import PipeBroken, WorkerHandle
-from supervisor.zmqio import POLLERR, POLLIN, POLLOUT
 
 log = structlog.get_logger("phalanxd")
 S = SlotState

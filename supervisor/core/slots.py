@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from supervisor.tasks import Task
+    from supervisor.core.tasks import Task
 
 
 class SlotState(enum.Enum):

@@ -21,9 +21,9 @@ from typing import Any
 
 import psutil
 
-from supervisor import ctlclient
 from supervisor.client import Client
 from supervisor.config import Config
+from supervisor.ctl import connection as ctlclient
 
 READY_TIMEOUT = 30.0
 

@@ -1,0 +1,1 @@
+"""phalanxctl, the command-line client of the control socket (see main.py)."""

@@ -1,0 +1,1 @@
+"""phalanxd, the daemon (see daemon.py for the data flow)."""

@@ -1,0 +1,1 @@
+"""The control socket: dispatch.py reads requests, commands.py answers them."""

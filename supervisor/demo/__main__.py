@@ -1,0 +1,5 @@
+import sys
+
+from supervisor.demo.flow import main
+
+sys.exit(main())
