@@ -26,7 +26,6 @@ sockets are used with NOBLOCK, signal handlers only wake the poller.
 
 from __future__ import annotations
 
-import fcntl
 import heapq
 import itertools
 import multiprocessing
@@ -48,7 +47,7 @@ from supervisor.config import Config
 from supervisor.core.slots import Slot, SlotState
 from supervisor.core.stats import LatencyHistogram, RateMeter
 from supervisor.core.tasks import TaskTable
-from supervisor.daemon import intake, reaper
+from supervisor.daemon import intake, reaper, runtime_dir
 from supervisor.daemon.control import dispatch as control
 from supervisor.daemon.lifecycle import Lifecycle
 from supervisor.daemon.notify import Notifier
@@ -125,7 +124,7 @@ class Daemon(SlotIO, Recovery, Lifecycle):
     # =========================================================== start-up
     def start(self) -> None:
         """Bind everything and start the workers; raises StartupError."""
-        self._prepare_runtime_dir()
+        self._lock_fd = runtime_dir.prepare(self.cfg.runtime_dir)
         self.ctx = zmq.Context()
         self.poller = zmq.Poller()
         max_bytes = self.cfg.tasks.max_message_bytes
@@ -191,35 +190,6 @@ class Daemon(SlotIO, Recovery, Lifecycle):
         # the forkserver, every worker restart paid for them again.
         return ["supervisor.daemon.main", "multiprocessing.sharedctypes", "workers.loop",
                 *self.allow, *self.cfg.workers.preload]
-
-    def _prepare_runtime_dir(self) -> None:
-        """Create the runtime dir 0700, refuse one others could tamper with,
-        and lock it so two daemons never share (and steal) its sockets."""
-        path = self.cfg.runtime_dir
-        try:
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            info = path.stat()
-            if info.st_uid != os.getuid():
-                raise StartupError(
-                    f"runtime directory {path} belongs to uid {info.st_uid}, not us"
-                )
-            if info.st_mode & 0o022:
-                raise StartupError(
-                    f"runtime directory {path} is writable by others "
-                    f"(mode {info.st_mode & 0o777:o}); make it 0700"
-                )
-            self._lock_fd = os.open(path / "phalanxd.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except FileExistsError:  # mkdir's "File exists" would hide the cause
-            raise StartupError(f"runtime directory {path} exists but is not a directory") from None
-        except OSError as exc:
-            raise StartupError(f"runtime directory {path}: {exc.strerror}") from None
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self._lock_fd)
-            raise StartupError(
-                f"another phalanxd is running with runtime directory {path}"
-            ) from None
 
     def _bind(self, sock: zmq.Socket[bytes], endpoint: str, what: str) -> None:
         try:
