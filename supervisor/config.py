@@ -80,6 +80,12 @@ class TasksSection(_Section, frozen=True):
     # Finished results remembered per id so a client that resubmits after a
     # reconnect gets the same answer instead of a second run.
     result_cache: NonNegInt = 10_000
+    # ... and at most this many bytes of them (values and errors): the
+    # oldest go first, so big results cannot pin memory by count alone.
+    result_cache_bytes: NonNegInt = 64 * 1024 * 1024
+    # Longest task id a client may choose (bytes of UTF-8); ids count
+    # towards max_pending_bytes while their task is pending.
+    max_id_bytes: PositiveInt = 256
 
 
 class RestartSection(_Section, frozen=True):

@@ -15,6 +15,7 @@ switch on it. The Python-side classes mirror the names one to one::
         ├── Overloaded         pending queue full, try later
         ├── Paused             intake paused by the operator
         ├── ShuttingDown       daemon is draining
+        ├── IdConflict         a task id reused for another task or arguments
         ├── UnknownCommand     control command not known
         ├── UnknownSlot        control: no worker slot with that number
         └── ConfigInvalid      control: reread/update found the file invalid
@@ -84,6 +85,10 @@ class Paused(RequestError):
 
 class ShuttingDown(RequestError):
     type = "ShuttingDown"
+
+
+class IdConflict(RequestError):
+    type = "IdConflict"
 
 
 class UnknownCommand(RequestError):

@@ -9,11 +9,12 @@ part of the daemon so the sequences read like real crash loops.
 from __future__ import annotations
 
 import random
+from collections import deque
 
 import pytest
 
 from supervisor.config import RestartSection
-from supervisor.core.policy import Decision, decide, record_restart, stable
+from supervisor.core.policy import Decision, decide, recent, stable
 from supervisor.core.slots import Slot
 
 
@@ -26,9 +27,15 @@ def policy(**kw: float) -> RestartSection:
     return RestartSection(**base)  # type: ignore[arg-type]
 
 
+def record_restart(slot: Slot, now: float, period: float) -> None:
+    slot.restarts = deque((*recent(slot.restarts, now, period), now))
+
+
 def die(slot: Slot, now: float, pol: RestartSection, rng: random.Random | None = None) -> Decision:
-    """One worker death, with the daemon's bookkeeping of consecutive backoffs."""
+    """One worker death, with the Pool's bookkeeping: it applies the
+    decision's restart history and counts consecutive backoffs."""
     decision = decide(slot, now, pol, rng or random.Random(0))
+    slot.restarts = deque(decision.history)
     if decision.action == "backoff":
         slot.backoffs += 1
     return decision

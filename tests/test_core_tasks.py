@@ -11,9 +11,10 @@ from collections.abc import Iterable
 import msgspec
 import pytest
 
+from supervisor.core.policy import judge
 from supervisor.core.slots import Slot, SlotState
-from supervisor.core.tasks import Charge, ReplyGroup, Task, TaskTable, plan
-from supervisor.protocol import NO_ARGS, NO_KWARGS
+from supervisor.core.tasks import ReplyGroup, Task, TaskTable, plan
+from supervisor.protocol import NO_ARGS, NO_KWARGS, Result
 
 # A service estimate this small opens the prefetch window all the way to
 # max_window, so ``free`` is limited only by what the slot already holds.
@@ -108,11 +109,16 @@ def test_assign_appends_behind_what_the_slot_already_holds() -> None:
 # ------------------------------------------------------------------ finish
 
 
+def res(tag: str, size: int = 0) -> Result:
+    """A result whose value tells it apart (and weighs ``size`` bytes more)."""
+    return Result(tag, "m:f", True, 1, value=msgspec.msgpack.encode(tag + "x" * size))
+
+
 def test_finish_forgets_task_and_counts_success_or_failure() -> None:
     table = TaskTable()
     ok_task, bad_task = fill(table, 2)
-    table.finish(ok_task, True, "r1")
-    table.finish(bad_task, False, "r2")
+    table.finish(ok_task, True, res("r1"))
+    table.finish(bad_task, False, res("r2"))
     assert len(table) == 0
     assert table.by_id == {}
     assert (table.succeeded, table.failed) == (1, 1)
@@ -121,8 +127,8 @@ def test_finish_forgets_task_and_counts_success_or_failure() -> None:
 def test_finish_remembers_result_by_id_for_idempotent_resubmit() -> None:
     table = TaskTable()
     (task,) = fill(table, 1)
-    table.finish(task, True, "answer")
-    assert table.cached_result(task.id) == "answer"
+    table.finish(task, True, res("answer"))
+    assert table.cached_result(task.id) == res("answer")
     assert table.cached_result("never-seen") is None
 
 
@@ -151,17 +157,28 @@ def test_result_cache_is_bounded_and_evicts_oldest_first() -> None:
     table = TaskTable(result_cache=3)
     tasks = fill(table, 5)
     for i, task in enumerate(tasks):
-        table.finish(task, True, f"r{i}")
+        table.finish(task, True, res(f"r{i}"))
     assert table.cached_result(tasks[0].id) is None
     assert table.cached_result(tasks[1].id) is None
-    assert [table.cached_result(t.id) for t in tasks[2:]] == ["r2", "r3", "r4"]
+    assert [table.cached_result(t.id) for t in tasks[2:]] == [res("r2"), res("r3"), res("r4")]
     assert len(table._cache) == 3
+
+
+def test_result_cache_is_bounded_by_bytes_too() -> None:
+    """40 results of 1 MB each never pin more than the byte bound."""
+    table = TaskTable(result_cache=1000, cache_bytes=5_000_000)
+    tasks = fill(table, 40)
+    for i, task in enumerate(tasks):
+        table.finish(task, True, res(f"r{i}", 1_000_000))
+    assert table.cache_bytes <= 5_000_000
+    kept = [t for t in tasks if table.cached_result(t.id) is not None]
+    assert kept == tasks[-len(kept):] and 3 <= len(kept) <= 5  # the newest stay
 
 
 def test_result_cache_of_zero_remembers_nothing() -> None:
     table = TaskTable(result_cache=0)
     (task,) = fill(table, 1)
-    table.finish(task, True, "r")
+    table.finish(task, True, res("r"))
     assert table.cached_result(task.id) is None
 
 
@@ -232,9 +249,11 @@ def test_charge_death_charges_only_oldest_and_requeues_rest_at_front_in_order() 
     slot = running_slot()
     table.assign(slot, 4)
 
-    charge = table.charge_death(slot)
+    charged = table.charge_death(slot)
+    assert charged is held[0]
+    assert judge(charged, False, "died").action == "retry"
+    table.retry(charged)
 
-    assert charge == Charge(held[0], retry=True)
     assert held[0].attempts == 1 and held[0].crashes == 1
     assert all(t.attempts == 0 and t.crashes == 0 for t in held[1:])
     # The charged task retries first, then the uncharged ones in their
@@ -254,10 +273,10 @@ def test_charge_death_with_attempts_used_up_returns_no_retry_and_does_not_requeu
     slot = running_slot()
     table.assign(slot, 3)
 
-    charge = table.charge_death(slot)
+    charged = table.charge_death(slot)
 
-    assert charge is not None
-    assert charge.task is doomed and charge.retry is False
+    assert charged is doomed
+    assert judge(doomed, False, "died").action == "fail"
     assert doomed.attempts == 1
     assert doomed not in table.queue
     assert list(table.queue) == others
@@ -274,10 +293,14 @@ def test_charge_death_retries_until_max_attempts_then_gives_up() -> None:
     outcomes = []
     for _ in range(3):
         table.assign(slot, 1)
-        charge = table.charge_death(slot)
-        assert charge is not None and charge.task is task
-        outcomes.append(charge.retry)
-    assert outcomes == [True, True, False]
+        charged = table.charge_death(slot)
+        assert charged is task
+        verdict = judge(task, False, "died")
+        if verdict.action == "retry":
+            table.retry(task)
+        outcomes.append(verdict.action)
+    # It killed three workers: its failure names the quarantine.
+    assert outcomes == ["retry", "retry", "quarantine"]
     assert task.attempts == 3 and task.crashes == 3
     assert table.queued == 0
 
@@ -297,9 +320,10 @@ def test_task_answered_before_death_is_never_run_again() -> None:
     slot = running_slot()
     table.assign(slot, 2)
     answered = slot.inflight.popleft()  # what the daemon does on a result
-    table.finish(answered, True, "r")
-    charge = table.charge_death(slot)
-    assert charge is not None and charge.task is second
+    table.finish(answered, True, Result(answered.id, answered.name, True))
+    charged = table.charge_death(slot)
+    assert charged is second
+    table.retry(charged)
     assert first not in table.queue
     assert list(table.queue) == [second]
 
@@ -365,8 +389,8 @@ def test_resize_cache_shrinks_by_evicting_oldest_and_bounds_later_results() -> N
     table = TaskTable(result_cache=5)
     tasks = fill(table, 6)
     for i, task in enumerate(tasks[:5]):
-        table.finish(task, True, f"r{i}")
+        table.finish(task, True, res(f"r{i}"))
     table.resize_cache(2)
-    assert [table.cached_result(t.id) for t in tasks[:5]] == [None, None, None, "r3", "r4"]
-    table.finish(tasks[5], True, "r5")
-    assert [table.cached_result(t.id) for t in tasks[3:]] == [None, "r4", "r5"]
+    assert [table.cached_result(t.id) for t in tasks[:5]] == [None, None, None, res("r3"), res("r4")]
+    table.finish(tasks[5], True, res("r5"))
+    assert [table.cached_result(t.id) for t in tasks[3:]] == [None, res("r4"), res("r5")]

@@ -217,9 +217,10 @@ def test_daemon_assigns_ids_when_the_client_does_not(shared_daemon: Daemon) -> N
 
 def test_resubmitted_id_runs_once_and_gets_the_same_answer(daemon: Daemon) -> None:
     """A client-chosen id sent again while the task is still queued, and again
-    after it finished, is one run: each submission is answered with a copy
-    of the one result (the cached one once finished), and exactly one
-    result is published."""
+    after it finished, is one run: a second peer's submission gets its own
+    copy of the one result, the same peer's repeat collapses into the first
+    (no amplification), the cached result answers once finished, and
+    exactly one result is published."""
     sub = daemon.subscribe(f"result.{PID}", "result.workers.builtin:sleep")
     accepted_before = daemon.stats()["accepted"]
     succeeded_before = daemon.stats()["succeeded"]
@@ -230,14 +231,16 @@ def test_resubmitted_id_runs_once_and_gets_the_same_answer(daemon: Daemon) -> No
     assert len(peer.recv()["accepted"]) == 2
     daemon.slot_holding("busy-0")
     daemon.slot_holding("busy-1")
-    for _ in range(2):
-        peer.send_msg({"op": "submit", "tasks": [{"task": PID, "id": "dup"}]})
-        assert peer.recv()["accepted"] == ["dup"]
-    # The premise: both submissions arrived while "dup" was unfinished.
+    other = daemon.raw()
+    for p in (peer, peer, other):
+        p.send_msg({"op": "submit", "tasks": [{"task": PID, "id": "dup"}]})
+        assert p.recv()["accepted"] == ["dup"]
+    # The premise: every submission arrived while "dup" was unfinished.
     assert daemon.stats()["succeeded"] == succeeded_before
-    answers = collect_results(peer, {"busy-0": 1, "busy-1": 1, "dup": 2})["dup"]
+    answers = collect_results(peer, {"busy-0": 1, "busy-1": 1, "dup": 1})["dup"]
     first = answers[0]
-    assert answers == [first, first]
+    assert answers == [first]
+    assert collect_results(other, {"dup": 1})["dup"] == [first]
     assert first["ok"] and first["attempts"] == 1
     assert first["value"] in daemon.slot_pids().values()
 

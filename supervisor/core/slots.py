@@ -21,10 +21,12 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Generic, TypeVar
 
-if TYPE_CHECKING:
-    from supervisor.core.tasks import Task
+# A slot is generic in what it holds, so this module needs neither the task
+# table nor the I/O shell (no import cycle, not even a type-only one).
+H = TypeVar("H")  # the I/O shell's worker handle; the core never looks inside it
+T = TypeVar("T")  # a task (core.tasks.Task)
 
 
 class SlotState(enum.Enum):
@@ -63,14 +65,14 @@ EWMA = 0.3
 
 
 @dataclass(eq=False)
-class Slot:
+class Slot(Generic[H, T]):
     index: int
     max_window: int = 256
     state: SlotState = SlotState.STOPPED
     pid: int | None = None
     generation: int = 0  # how many workers this slot has started
     running_since: float = 0.0  # monotonic, when it said hello
-    inflight: deque[Task] = field(default_factory=deque)
+    inflight: deque[T] = field(default_factory=deque)
     head_since: float = 0.0  # when the oldest in-flight task started running
     service_estimate: float = TARGET_HOLD
     restarts: deque[float] = field(default_factory=deque)  # monotonic times
@@ -86,7 +88,7 @@ class Slot:
     task_limit: int = 0  # tasks the current worker may take before recycling
     assigned: int = 0  # tasks handed to the current worker
     timed_out: int | None = None  # key of the task whose deadline killed the worker
-    handle: Any = None  # the I/O shell's process/pipe object
+    handle: H | None = None  # the I/O shell's process/pipe object
 
     def move(self, new: SlotState) -> SlotState:
         if new not in TRANSITIONS[self.state]:

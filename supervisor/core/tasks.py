@@ -17,15 +17,19 @@ queue as they were. A task whose result has arrived is never run again.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections import OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import msgspec
 
 from supervisor.core.slots import Slot
 from supervisor.protocol import Result
+
+AnySlot = Slot[Any, "Task"]
+S = TypeVar("S", bound=AnySlot)
 
 
 class Task:
@@ -33,7 +37,7 @@ class Task:
 
     __slots__ = (
         "key", "id", "name", "args", "kwargs", "route", "group",
-        "attempts", "crashes", "max_attempts", "timeout", "slot", "accepted_at", "extra", "soft_timeout", "size", "chunk", "retry_timeouts",
+        "attempts", "crashes", "max_attempts", "timeout", "slot", "accepted_at", "extra", "soft_timeout", "size", "chunk", "retry_timeouts", "digest",
     )
 
     def __init__(
@@ -68,14 +72,22 @@ class Task:
         self.soft_timeout = soft_timeout
         self.chunk = chunk
         self.retry_timeouts = retry_timeouts
-        self.size = len(args) + len(kwargs)  # payload bytes held for it
+        self.size = len(args) + len(kwargs) + len(id)  # bytes held for it
+        self.digest = b""  # of name and arguments, when the client chose the id
         # Further submitters of the same id: (route, group) pairs.
         self.extra: list[tuple[bytes | None, ReplyGroup | None]] | None = None
 
-    def also_notify(self, route: bytes | None, group: ReplyGroup | None) -> None:
+    def also_notify(self, route: bytes | None, group: ReplyGroup | None) -> bool:
+        """Send this task's result to one more submitter; False if that
+        peer (a DEALER route) already waits for it: repeats collapse, so no
+        request can multiply one result into a huge reply."""
+        if group is None and route is not None:
+            if route == self.route or (self.extra and (route, None) in self.extra):
+                return False
         if self.extra is None:
             self.extra = []
         self.extra.append((route, group))
+        return True
 
 
 class ReplyGroup:
@@ -89,22 +101,17 @@ class ReplyGroup:
         self.waiting = 0
 
 
-@dataclass(slots=True)
-class Charge:
-    """What a worker's death means for the task it was running."""
-
-    task: Task
-    retry: bool  # True: requeued at the front; False: attempts used up
-
-
 class TaskTable:
-    def __init__(self, result_cache: int = 100_000) -> None:
+    def __init__(self, result_cache: int = 100_000, cache_bytes: int = 64 << 20) -> None:
         self.by_key: dict[int, Task] = {}
         self.by_id: dict[str, Task] = {}
         self.queue: deque[Task] = deque()
         self._keys = itertools.count(1)
-        self._cache: OrderedDict[str, object] = OrderedDict()
+        # id -> (result, digest of the task's name and arguments)
+        self._cache: OrderedDict[str, tuple[Result, bytes]] = OrderedDict()
         self._cache_size = result_cache
+        self._cache_bytes_limit = cache_bytes
+        self.cache_bytes = 0
         self.accepted = 0
         self.pending_bytes = 0
         self.succeeded = 0
@@ -129,15 +136,28 @@ class TaskTable:
         self.accepted += 1
         self.pending_bytes += task.size
 
-    def resize_cache(self, size: int) -> None:
+    def resize_cache(self, size: int, nbytes: int | None = None) -> None:
         self._cache_size = size
-        while len(self._cache) > size:
-            self._cache.popitem(last=False)
+        if nbytes is not None:
+            self._cache_bytes_limit = nbytes
+        self._trim_cache()
 
-    def cached_result(self, task_id: str) -> object | None:
+    def _trim_cache(self) -> None:
+        cache = self._cache
+        while cache and (len(cache) > self._cache_size
+                         or self.cache_bytes > self._cache_bytes_limit):
+            _, (old, _) = cache.popitem(last=False)
+            self.cache_bytes -= result_bytes(old)
+
+    def cached_result(self, task_id: str) -> Result | None:
+        entry = self._cache.get(task_id)
+        return entry[0] if entry is not None else None
+
+    def cached(self, task_id: str) -> tuple[Result, bytes] | None:
+        """The remembered result of ``task_id`` and its task's digest."""
         return self._cache.get(task_id)
 
-    def assign(self, slot: Slot, n: int) -> list[Task]:
+    def assign(self, slot: AnySlot, n: int) -> list[Task]:
         """Move up to ``n`` queued tasks onto ``slot``; return them."""
         queue = self.queue
         n = min(n, len(queue))
@@ -149,7 +169,7 @@ class TaskTable:
         slot.assigned += n
         return taken
 
-    def finish(self, task: Task, ok: bool, result: object | None = None) -> None:
+    def finish(self, task: Task, ok: bool, result: Result | None = None) -> None:
         """The task's one result is out: forget it (remember the answer)."""
         del self.by_key[task.key]
         self.pending_bytes -= task.size
@@ -161,11 +181,14 @@ class TaskTable:
             self.failed += 1
         if result is not None and self._cache_size:
             cache = self._cache
-            cache[task.id] = result
-            if len(cache) > self._cache_size:
-                cache.popitem(last=False)
+            previous = cache.pop(task.id, None)
+            if previous is not None:
+                self.cache_bytes -= result_bytes(previous[0])
+            cache[task.id] = (result, task.digest)
+            self.cache_bytes += result_bytes(result)
+            self._trim_cache()
 
-    def charge_death(self, slot: Slot, running_key: int | None = None) -> Charge | None:
+    def charge_death(self, slot: AnySlot, running_key: int | None = None) -> Task | None:
         """A slot's worker died: charge its running task, requeue the rest.
 
         ``running_key`` is the task the worker said it started last (0: it
@@ -175,7 +198,8 @@ class TaskTable:
         idle, or before reading the batch in its pipe): nobody is charged.
         Without it (None: unknown), the oldest held task is taken to be the
         one that was running.
-        Returns the charge for the running task (None if none was running).
+        Returns the running task, charged one attempt and one crash and in
+        no queue: the caller retries it (``retry``) or finishes it.
         """
         held = slot.inflight
         if not held:
@@ -199,13 +223,14 @@ class TaskTable:
         running.slot = None
         running.attempts += 1
         running.crashes += 1
-        if running.attempts < running.max_attempts:
-            self.queue.appendleft(running)
-            self.retried += 1
-            return Charge(running, retry=True)
-        return Charge(running, retry=False)
+        return running
 
-    def requeue(self, slot: Slot) -> int:
+    def retry(self, task: Task) -> None:
+        """Run a charged task again, before anything else queued."""
+        self.queue.appendleft(task)
+        self.retried += 1
+
+    def requeue(self, slot: AnySlot) -> int:
         """Hand every task a slot holds back to the queue, uncharged."""
         held = slot.inflight
         slot.inflight = deque()
@@ -223,7 +248,24 @@ class TaskTable:
         return list(self.by_key.values())
 
 
-def plan(queued: int, slots: list[Slot]) -> list[tuple[Slot, int]]:
+def digest(name: str, args: bytes, kwargs: bytes) -> bytes:
+    """What makes a task the task it is: its name and its argument bytes.
+
+    The task id is the idempotency key; the same id with another digest is
+    another task, refused instead of answered with the wrong result."""
+    h = hashlib.blake2b(name.encode(), digest_size=16)
+    h.update(b"\0%d\0" % len(args))
+    h.update(args)
+    h.update(kwargs)
+    return h.digest()
+
+
+def result_bytes(result: Result) -> int:
+    """What a cached result holds, in bytes (its value or its error)."""
+    return len(result.id or "") + len(result.value) + len(result.error)
+
+
+def plan(queued: int, slots: list[S]) -> list[tuple[S, int]]:
     """How many queued tasks to hand to each slot right now.
 
     Each slot takes up to its free window, but no more than a fair share of

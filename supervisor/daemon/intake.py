@@ -19,10 +19,11 @@ import msgspec
 import zmq
 
 from supervisor import __version__
-from supervisor.core.tasks import ReplyGroup, Task
+from supervisor.core.tasks import ReplyGroup, Task, digest
 from supervisor.daemon.zmqio import has_input
 from supervisor.errors import (
     BadRequest,
+    IdConflict,
     NotAllowed,
     Overloaded,
     Paused,
@@ -53,7 +54,7 @@ from supervisor.protocol import (
 )
 
 if TYPE_CHECKING:
-    from supervisor.daemon.state import DaemonState as Daemon
+    from supervisor.daemon.daemon import Daemon
 
 # Requests handled per wake-up before the loop tends to workers again.
 BUDGET = 512
@@ -102,7 +103,7 @@ def handle(d: Daemon, frames: list[bytes]) -> None:
         _refuse(d, route, req, BadRequest(f"a string is not valid UTF-8: {exc.reason}"))
         return
     if isinstance(request, Ping):
-        pong = Pong(__version__, PROTOCOL_VERSION, d.boot, len(d.slots))
+        pong = Pong(__version__, PROTOCOL_VERSION, d.boot, len(d.pool.slots))
         d.send_reply(route, encoder.encode(pong), req)
     elif isinstance(request, Submit):
         submit(d, route, req, request)
@@ -135,9 +136,9 @@ def name_refusal(d: Daemon, name: str) -> RequestError | None:
     module, sep, fn = name.partition(":")
     if not sep or not module or not fn:
         return BadRequest(f"task name {name!r} is not 'module:function'")
-    if module not in d.allow:
+    if module not in d.pool.allow:
         return NotAllowed(f"module {module!r} is not in tasks.allow")
-    if d.known_tasks:  # once a worker has listed what it can run
+    if d.pool.known_tasks:  # once a worker has listed what it can run
         return UnknownTask(f"no task named {name!r}")
     return None
 
@@ -145,10 +146,13 @@ def name_refusal(d: Daemon, name: str) -> RequestError | None:
 def check(d: Daemon, spec: TaskIn) -> RequestError | None:
     """The RequestError that refuses this task, or None (hot path: no raise)."""
     name = spec.task
-    if name not in d.known_tasks:
+    if name not in d.pool.known_tasks:
         err = name_refusal(d, name)
         if err is not None:
             return err
+    if spec.id is not None and len(spec.id) * 4 > d.cfg.tasks.max_id_bytes and len(
+            spec.id.encode()) > d.cfg.tasks.max_id_bytes:
+        return BadRequest(f"task id is longer than {d.cfg.tasks.max_id_bytes} bytes")
     if spec.args and not is_array(spec.args):
         return BadRequest("args must be an array")
     if spec.kwargs and not is_map(spec.kwargs):
@@ -159,7 +163,7 @@ def check(d: Daemon, spec: TaskIn) -> RequestError | None:
         return BadRequest("max_attempts must be >= 1")
     if spec.soft_timeout is not None and not spec.soft_timeout >= 0:
         return BadRequest("soft_timeout must be a number >= 0")
-    table = d.table
+    table = d.pool.table
     limits = d.cfg.tasks
     if len(table) >= limits.max_pending:
         return Overloaded(f"{len(table)} tasks pending, limit {limits.max_pending}")
@@ -171,12 +175,13 @@ def check(d: Daemon, spec: TaskIn) -> RequestError | None:
 
 
 def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
-    table = d.table
+    pool = d.pool
     defaults = d.cfg.tasks
     accepted: list[str] = []
     rejected: list[Rejected] = []
     group = ReplyGroup(route) if req else None
     replays: list[Result] = []
+    seen: set[str] = set()
     refusal = request_refusal(d)
     now = time.monotonic()
     for index, spec in enumerate(request.tasks):
@@ -191,26 +196,43 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
                 replays.append(Result(spec.id, spec.task, False, 0, error=error))
             continue
         task_id = spec.id
+        fingerprint = b""
         if task_id is not None:
-            existing = table.by_id.get(task_id)
+            if task_id in seen:  # a repeat inside one request collapses to one
+                continue
+            seen.add(task_id)
+            fingerprint = digest(spec.task, spec.args or NO_ARGS, spec.kwargs or NO_KWARGS)
+            existing = pool.find(task_id)
+            cached = pool.cached(task_id) if existing is None else None
+            known = existing.digest if existing is not None else (
+                cached[1] if cached is not None else None)
+            if known is not None and known != fingerprint:
+                err = IdConflict(f"task id {task_id!r} was accepted for another task or "
+                                 f"other arguments; choose a new id")
+                error = error_raw(err.type, err.message)
+                if group is not None:
+                    group.results.append(Result(task_id, spec.task, False, 0, error=error))
+                elif request.ack:
+                    rejected.append(Rejected(task_id, index, error))
+                else:
+                    replays.append(Result(task_id, spec.task, False, 0, error=error))
+                continue
             if existing is not None:
                 # Same id again (a client retrying after a reconnect, or two
                 # clients agreeing on an id): one run, and every submitter
-                # gets its own copy of the one result.
-                existing.also_notify(None if req else route, group)
-                if group is not None:
+                # gets its own copy of the one result (once per peer).
+                if pool.attach(existing, None if req else route, group) and group is not None:
                     group.waiting += 1
                 accepted.append(task_id)
                 continue
-            cached = table.cached_result(task_id)
-            if isinstance(cached, Result):
+            if cached is not None:
                 accepted.append(task_id)
                 if group is not None:
-                    group.results.append(cached)
+                    group.results.append(cached[0])
                 else:
-                    replays.append(cached)
+                    replays.append(cached[0])
                 continue
-        key = table.next_key()
+        key = pool.table.next_key()
         if task_id is None:
             task_id = f"{d.boot}-{key}"
         task = Task(
@@ -228,9 +250,10 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
             spec.chunk,
             defaults.retry_timeouts if spec.retry_timeouts is None else spec.retry_timeouts,
         )
+        task.digest = fingerprint
         if group is not None:
             group.waiting += 1
-        table.add(task)
+        pool.accept(task)
         accepted.append(task_id)
     if accepted and d.publisher.wants_event("task.accepted"):
         d.publisher.event("task.accepted", ids=accepted)

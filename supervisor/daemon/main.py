@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import traceback
 
@@ -65,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         # daemon that holds its sockets and serves nobody is worse than one
         # that exits, so kill the workers and leave now; systemd restarts us.
         traceback.print_exc()
-        for slot in daemon.slots:
-            if slot.handle is not None:
-                slot.handle.signal_tree(signal.SIGKILL)
+        daemon.pool.kill_all()
         sys.stderr.flush()
         os._exit(EXIT_CRASH)
 

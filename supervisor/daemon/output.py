@@ -104,3 +104,48 @@ class RingLog:
             except OSError:
                 pass
             self._file = None
+
+
+class Outputs:
+    """Each slot's stdout/stderr rings, by slot index; they outlive workers."""
+
+    STREAMS = ("stdout", "stderr")
+
+    def __init__(self, ring_bytes: int, folder: Path | None, max_bytes: int,
+                 backups: int) -> None:
+        self.ring_bytes, self.folder = ring_bytes, folder
+        self.max_bytes, self.backups = max_bytes, backups
+        self._rings: dict[int, dict[str, RingLog]] = {}
+
+    def of(self, index: int) -> dict[str, RingLog]:
+        rings = self._rings.get(index)
+        if rings is None:
+            rings = self._rings[index] = {
+                name: RingLog(self.ring_bytes, self._path(index, name), self.max_bytes,
+                              self.backups)
+                for name in self.STREAMS
+            }
+        return rings
+
+    def _path(self, index: int, name: str) -> Path | None:
+        return self.folder / f"worker-{index}.{name}.log" if self.folder else None
+
+    def configure(self, ring_bytes: int, folder: Path | None, max_bytes: int,
+                  backups: int) -> None:
+        """Apply a new [output] section to every ring, existing ones too."""
+        self.ring_bytes, self.folder = ring_bytes, folder
+        self.max_bytes, self.backups = max_bytes, backups
+        for index, rings in self._rings.items():
+            for name, ring in rings.items():
+                path = self._path(index, name)
+                if path != ring.path:
+                    ring.close()
+                    ring.path = path
+                ring.capacity, ring.max_bytes, ring.backups = ring_bytes, max_bytes, backups
+                ring.write(b"")  # trims to a smaller capacity
+
+    def reopen(self) -> None:
+        """After logrotate moved the files: reopen on next write."""
+        for rings in self._rings.values():
+            for ring in rings.values():
+                ring.reopen()

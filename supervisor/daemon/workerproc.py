@@ -12,6 +12,7 @@ partial frames. The worker keeps the ordinary blocking ``Connection`` API.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import signal
 import struct
@@ -22,17 +23,16 @@ from typing import Any
 
 import psutil
 
+from supervisor.daemon.pool.interfaces import PipeBroken
 from workers import loop
+
+__all__ = ["PipeBroken", "WorkerHandle", "renew_forkserver", "reap_group", "stop_forkserver"]
 
 _HEADER = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
 # 64 KiB: a 1 MiB read buffer costs ~14 us per call to allocate and free,
 # on every wake-up from a worker, while a batch of results rarely exceeds it.
 _READ_CHUNK = 1 << 16
-
-
-class PipeBroken(Exception):
-    """The worker's end is gone (EOF) or it wrote something that is not a frame."""
 
 
 class WorkerHandle:
@@ -93,6 +93,22 @@ class WorkerHandle:
         if self._running is None:
             return None
         return int(self._running.value)
+
+    def running(self) -> tuple[int | None, float]:
+        """(key, start) of the task the worker is running; start is NaN
+        when the worker does not report it (the Pool then estimates)."""
+        return self.running_key(), math.nan
+
+    @property
+    def pipe_open(self) -> bool:
+        return not self.conn.closed
+
+    def stream_fds(self) -> dict[str, int]:
+        return {name: c.fileno() for name, c in self.streams.items() if not c.closed}
+
+    def stream_open(self, name: str) -> bool:
+        conn = self.streams.get(name)
+        return conn is not None and not conn.closed
 
     def read_stream(self, name: str) -> bytes | None:
         """What the worker wrote to stdout/stderr so far; None at EOF."""

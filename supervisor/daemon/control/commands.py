@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from supervisor import __version__
 from supervisor.config import to_dict
+from supervisor.daemon import reload, shutdown
 from supervisor.errors import BadRequest, ConfigError, RequestError
 
 if TYPE_CHECKING:
-    from supervisor.core.slots import Slot
-    from supervisor.daemon.state import DaemonState as Daemon
+    from supervisor.daemon.daemon import Daemon
+    from supervisor.daemon.pool.state import WorkerSlot as Slot
 
 Handler = Callable[["Daemon", dict[str, Any]], Any]
 
@@ -38,12 +39,12 @@ def _slots(d: Daemon, args: dict[str, Any], default_all: bool) -> list[Slot]:
     if wanted is None or wanted == "all" or wanted == []:
         if wanted is None and not default_all:
             raise BadRequest("name the slots (a list of numbers) or 'all'")
-        return list(d.slots)
+        return list(d.pool.slots)
     if not isinstance(wanted, list) or not all(
         isinstance(i, int) and not isinstance(i, bool) for i in wanted
     ):
         raise BadRequest("slots must be a list of slot numbers or 'all'")
-    by_index = {s.index: s for s in d.slots}
+    by_index = {s.index: s for s in d.pool.slots}
     missing = [i for i in wanted if i not in by_index]
     if missing:
         raise UnknownSlot(f"no such slot: {', '.join(map(str, missing))}")
@@ -68,15 +69,12 @@ def _int_arg(args: dict[str, Any], key: str, default: int | None) -> int | None:
 def slot_info(d: Daemon, slot: Slot) -> dict[str, Any]:
     now = time.monotonic()
     current = None
-    if slot.inflight and slot.handle is not None:
-        # The task the worker says it started, if it still holds it: a task
-        # merely waiting in the worker's pipe is not "current".
-        key = slot.handle.running_key()
-        for task in slot.inflight:
-            if task.key == key:
-                since = round(now - slot.head_since, 3) if task is slot.inflight[0] else None
-                current = {"id": task.id, "task": task.name, "for": since}
-                break
+    # The task the worker says it started, if it still holds it: a task
+    # merely waiting in the worker's pipe is not "current".
+    running = d.pool.running(slot)
+    if running is not None:
+        task, started = running
+        current = {"id": task.id, "task": task.name, "for": round(now - started, 3)}
     rss, cpu = slot.handle.usage() if slot.handle is not None else (None, None)
     return {
         "slot": slot.index,
@@ -102,21 +100,21 @@ def cmd_status(d: Daemon, args: dict[str, Any]) -> Any:
 def cmd_start(d: Daemon, args: dict[str, Any]) -> Any:
     slots = _slots(d, args, default_all=False)
     for slot in slots:
-        d.start_slot_by_operator(slot)
+        d.pool.start_slot(slot)
     return [{"slot": s.index, "state": s.state.name} for s in slots]
 
 
 def cmd_stop(d: Daemon, args: dict[str, Any]) -> Any:
     slots = _slots(d, args, default_all=False)
     for slot in slots:
-        d.stop_slot(slot)
+        d.pool.stop_slot(slot)
     return [{"slot": s.index, "state": s.state.name} for s in slots]
 
 
 def cmd_restart(d: Daemon, args: dict[str, Any]) -> Any:
     slots = _slots(d, args, default_all=False)
     for slot in slots:
-        d.restart_slot(slot)
+        d.pool.restart_slot(slot)
     return [{"slot": s.index, "state": s.state.name} for s in slots]
 
 
@@ -189,7 +187,7 @@ def cmd_tail(d: Daemon, args: dict[str, Any]) -> Any:
     stream = args.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         raise BadRequest("stream must be 'stdout' or 'stderr'")
-    return _tail(d.output_of(slot.index)[stream], args)
+    return _tail(d.outputs.of(slot.index)[stream], args)
 
 
 def cmd_maintail(d: Daemon, args: dict[str, Any]) -> Any:
@@ -201,14 +199,14 @@ def cmd_maintail(d: Daemon, args: dict[str, Any]) -> Any:
 def cmd_clear(d: Daemon, args: dict[str, Any]) -> Any:
     slots = _slots(d, args, default_all=False)
     for slot in slots:
-        for ring in d.output_of(slot.index).values():
+        for ring in d.outputs.of(slot.index).values():
             ring.clear()
     return [{"slot": s.index, "cleared": True} for s in slots]
 
 
 def cmd_stats(d: Daemon, args: dict[str, Any]) -> Any:
-    t = d.table
-    running = sum(1 for s in d.slots if s.state.name == "RUNNING")
+    t = d.pool.table
+    running = d.pool.workers_running()
     return {
         "accepted": t.accepted,
         "succeeded": t.succeeded,
@@ -217,17 +215,17 @@ def cmd_stats(d: Daemon, args: dict[str, Any]) -> Any:
         "quarantined": t.quarantined,
         "queued": t.queued,
         "in_flight": len(t) - t.queued,
-        "restarts": sum(s.restart_count for s in d.slots),
+        "restarts": sum(s.restart_count for s in d.pool.slots),
         "rate": round(d.rate.rate(), 1),
-        "latency": {"p50": d.latency.quantile(0.5), "p99": d.latency.quantile(0.99)},
-        "per_task": {k: {"succeeded": v[0], "failed": v[1]} for k, v in d.task_counts.items()},
+        "latency": {"p50": d.pool.meters.latency.quantile(0.5), "p99": d.pool.meters.latency.quantile(0.99)},
+        "per_task": {k: {"succeeded": v[0], "failed": v[1]} for k, v in d.pool.meters.per_task.items()},
         "published": d.publisher.sent,
         "publish_dropped": d.publisher.dropped,
-        "unroutable_replies": d.unroutable,
+        "unroutable_replies": d.outbox.unroutable,
         "uptime": round(time.monotonic() - d.started_mono, 3),
         "paused": d.paused,
         "draining": d.draining,
-        "workers": {"running": running, "total": len(d.slots)},
+        "workers": {"running": running, "total": len(d.pool.slots)},
     }
 
 
@@ -240,24 +238,22 @@ def cmd_config(d: Daemon, args: dict[str, Any]) -> Any:
 
 
 def cmd_avail(d: Daemon, args: dict[str, Any]) -> Any:
-    return sorted(d.known_tasks)
+    return sorted(d.pool.known_tasks)
 
 
 def cmd_pause(d: Daemon, args: dict[str, Any]) -> Any:
-    d.paused = True
-    d.publisher.event("supervisor.paused")
+    d.set_paused(True)
     return {"paused": True}
 
 
 def cmd_resume(d: Daemon, args: dict[str, Any]) -> Any:
-    d.paused = False
-    d.publisher.event("supervisor.resumed")
+    d.set_paused(False)
     return {"paused": False}
 
 
 def cmd_reread(d: Daemon, args: dict[str, Any]) -> Any:
     try:
-        _, changes = d.reread()
+        _, changes = reload.reread(d)
     except ConfigError as exc:
         raise ConfigInvalid(str(exc)) from None
     return {"changes": [c.as_dict() for c in changes]}
@@ -265,20 +261,19 @@ def cmd_reread(d: Daemon, args: dict[str, Any]) -> Any:
 
 def cmd_update(d: Daemon, args: dict[str, Any]) -> Any:
     try:
-        changes = d.update_from_file()
+        changes = reload.update_from_file(d)
     except ConfigError as exc:
         raise ConfigInvalid(str(exc)) from None
     return {"changes": [c.as_dict() for c in changes]}
 
 
 def cmd_reload(d: Daemon, args: dict[str, Any]) -> Any:
-    d.recycle_all()
-    return {"recycling": [s.index for s in d.slots if s.recycle]}
+    return {"recycling": d.pool.recycle_all()}
 
 
 def cmd_shutdown(d: Daemon, args: dict[str, Any]) -> Any:
-    d.begin_drain()
-    return {"draining": True, "unfinished": len(d.table)}
+    shutdown.begin_drain(d)
+    return {"draining": True, "unfinished": len(d.pool.table)}
 
 
 def cmd_help(d: Daemon, args: dict[str, Any]) -> Any:

@@ -20,7 +20,7 @@ from supervisor.errors import BadRequest, RequestError, UnknownCommand
 from supervisor.protocol import encoder
 
 if TYPE_CHECKING:
-    from supervisor.daemon.state import DaemonState as Daemon
+    from supervisor.daemon.daemon import Daemon
 
 log = structlog.get_logger("phalanxd")
 
