@@ -1,1 +1,3 @@
-"""The control socket: dispatch.py reads requests, commands.py answers them."""
+"""The control socket: dispatch.py reads requests and finds each command's
+handler in commands.COMMANDS; the handlers live by subject (slots.py,
+output.py, info.py, admin.py), their argument parsing in args.py."""
