@@ -1,4 +1,4 @@
-"""The event loop: one zmq.Poller, the fds it watches, timers, signals.
+"""The event loop: one epoll, the fds it watches, timers, signals.
 
 Everything the daemon waits on is a file descriptor registered here with
 its handler: ZeroMQ sockets (through their ZMQ_FD, see ``watch_zmq``),
@@ -6,6 +6,13 @@ worker pipes, stdout/stderr pipes, process sentinels and the signal wakeup
 fd. Timers are a heap consulted for the poll timeout. The loop knows
 nothing of workers or tasks: each turn it runs the ready handlers, then
 the owner's ``turn(now)``, then re-checks ZeroMQ sockets a send disarmed.
+
+Why epoll and not zmq.Poller: every socket is watched through its ZMQ_FD,
+so everything here is a plain fd, and zmq_poll costs two poll(2) calls per
+wait (a non-blocking first pass, then the wait) plus a pollfd array built
+per call; epoll registers each fd once and waits in one call. Handlers get
+zmq-style flags (zmqio.POLLIN/POLLOUT/POLLERR); a hang-up counts as
+POLLERR, as zmq_poll reported it.
 
 Signal handlers do nothing but wake the loop: Python's C-level handler
 writes the signal number to our socketpair (``signal.set_wakeup_fd``), and
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import select
 import signal
 import socket
 import time
@@ -24,9 +32,19 @@ from typing import Any
 
 import zmq
 
-from supervisor.daemon.zmqio import has_input
+from supervisor.daemon.zmqio import POLLERR, POLLIN, POLLOUT, has_input
 
 Handler = Callable[[int], None]
+_EPOLL_ERR = select.EPOLLERR | select.EPOLLHUP
+
+
+def _to_epoll(flags: int) -> int:
+    return (select.EPOLLIN if flags & POLLIN else 0) | (select.EPOLLOUT if flags & POLLOUT else 0)
+
+
+def _from_epoll(ev: int) -> int:
+    return ((POLLIN if ev & select.EPOLLIN else 0) | (POLLOUT if ev & select.EPOLLOUT else 0)
+            | (POLLERR if ev & _EPOLL_ERR else 0))
 
 
 def _wake_only(signum: int, frame: Any) -> None:
@@ -35,8 +53,8 @@ def _wake_only(signum: int, frame: Any) -> None:
 
 class EventLoop:
     def __init__(self) -> None:
-        self.poller = zmq.Poller()
-        self._handlers: dict[Any, Handler] = {}
+        self._epoll = select.epoll()
+        self._handlers: dict[int, Handler] = {}
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_ids = itertools.count()
         self._zmq_drains: dict[zmq.Socket[bytes], Callable[[], bool]] = {}
@@ -46,23 +64,26 @@ class EventLoop:
         self.stopped = False
 
     # ------------------------------------------------------------- fds
-    def watch(self, what: Any, handler: Handler, flags: int = zmq.POLLIN) -> None:
-        self._handlers[what] = handler
-        self.poller.register(what, flags)
-
-    def unwatch(self, what: Any) -> None:
-        self._handlers.pop(what, None)
+    def watch(self, fd: int, handler: Handler, flags: int = POLLIN) -> None:
+        self._handlers[fd] = handler
         try:
-            self.poller.unregister(what)
-        except KeyError:
-            pass
+            self._epoll.register(fd, _to_epoll(flags))
+        except FileExistsError:
+            self._epoll.modify(fd, _to_epoll(flags))
 
-    def watching(self, what: Any) -> bool:
-        return what in self._handlers
+    def unwatch(self, fd: int) -> None:
+        if self._handlers.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):  # closed already: epoll forgot it
+                pass
 
-    def modify(self, what: Any, flags: int) -> None:
-        if what in self._handlers:
-            self.poller.modify(what, flags)
+    def watching(self, fd: int) -> bool:
+        return fd in self._handlers
+
+    def modify(self, fd: int, flags: int) -> None:
+        if fd in self._handlers:
+            self._epoll.modify(fd, _to_epoll(flags))
 
     def watch_zmq(self, sock: zmq.Socket[bytes], drain: Callable[[], bool]) -> None:
         """Poll a ZeroMQ socket through its ZMQ_FD, as a plain fd.
@@ -78,7 +99,7 @@ class EventLoop:
         checked again at the end of the turn.
         """
         self._zmq_drains[sock] = drain
-        self.watch(sock.getsockopt(zmq.FD), lambda ev: self._drain(sock))
+        self.watch(int(sock.getsockopt(zmq.FD)), lambda ev: self._drain(sock))
         self._recheck.add(sock)  # anything queued before we polled
 
     def sent_on(self, sock: zmq.Socket[bytes]) -> None:
@@ -139,6 +160,7 @@ class EventLoop:
         self.watch(reader.fileno(), on_readable)
 
     def close(self) -> None:
+        self._epoll.close()
         if self._sig_r is not None and self._sig_w is not None:
             signal.set_wakeup_fd(-1)
             self._sig_r.close()
@@ -153,24 +175,27 @@ class EventLoop:
         ``wake_by(now)`` tells the earliest moment the owner needs a turn
         (a task deadline, a watchdog ping) besides the timers, or None.
         """
-        poll = self.poller.poll
+        poll = self._epoll.poll
         handlers = self._handlers
         monotonic = time.monotonic
+        fast = POLLIN  # the common event, mapped without a call
         while not self.stopped:
             now = monotonic()
             if self._recheck:
-                timeout: int | None = 0
+                timeout = 0.0
             else:
                 when = self.next_timer()
                 extra = wake_by(now)
                 if extra is not None and (when is None or extra < when):
                     when = extra
-                if when is None:
-                    when = now + 1.0
-                timeout = max(0, int((when - now) * 1000) + 1)
-            for what, ev in poll(timeout):
-                handler = handlers.get(what)
+                timeout = 1.0 if when is None else max(0.0, when - now)
+            try:
+                events = poll(timeout)
+            except InterruptedError:  # a signal; its byte is on the wakeup fd
+                continue
+            for fd, ev in events:
+                handler = handlers.get(fd)
                 if handler is not None:
-                    handler(ev)
+                    handler(fast if ev == select.EPOLLIN else _from_epoll(ev))
             turn(monotonic())  # it runs the due timers (run_due) in its order
             self.recheck_zmq()
