@@ -121,11 +121,23 @@ class Control:
         self._ctx.term()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class PhalanxUnderTest:
     def __init__(self, workers: int = WORKERS) -> None:
         self.workers = workers
         self.dir = Path(tempfile.mkdtemp(prefix="phalanx-bench-"))
-        self.intake = f"ipc://{self.dir / 'intake.sock'}"
+        # The daemon listens on loopback TCP (what users configure by default)
+        # and, as endpoints.local does, on ipc in its runtime dir.
+        port = _free_port()
+        self.tcp_intake = f"tcp://127.0.0.1:{port}"
+        self.intake = f"ipc://{self.dir / 'run' / 'intake.sock'}"
         self.publisher = f"ipc://{self.dir / 'pub.sock'}"
         self.control_endpoint = f"ipc://{self.dir / 'control.sock'}"
         self.log_path = self.dir / "phalanxd.log"
@@ -149,7 +161,7 @@ class PhalanxUnderTest:
     def start(self, timeout: float = 30.0) -> None:
         cfg = self.dir / "phalanx.toml"
         cfg.write_text(CONFIG.format(
-            run=self.dir / "run", workers=self.workers, intake=self.intake,
+            run=self.dir / "run", workers=self.workers, intake=self.tcp_intake,
             publisher=self.publisher, control=self.control_endpoint,
         ))
         env = dict(os.environ)

@@ -53,6 +53,7 @@ def targets(r: dict[str, Any]) -> list[Target]:
     tput("phalanx.submit", "pool.imap_unordered.c1", 1.5)
     tput("phalanx.submit", "ppe.submit", 8.0)
     tput("phalanx.map", "ppe.map.c64", 1.0)
+    tput("phalanx.submit.tcp", "phalanx.submit", 0.8)  # TCP vs the local ipc endpoint
 
     for variant, label in (("phalanx.apply", "apply()"), ("phalanx.submit.result", "submit().result()")):
         for q in ("p50", "p99"):

@@ -64,8 +64,8 @@ def _expect(got: int, n: int, what: str) -> None:
 
 
 # ------------------------------------------------------------------ phalanx
-def phalanx_submit(d: PhalanxUnderTest, n: int) -> Sample:
-    with Client(d.intake) as c:
+def phalanx_submit(d: PhalanxUnderTest, n: int, endpoint: str | None = None) -> Sample:
+    with Client(endpoint or d.intake) as c:
         c.ping()
         for f in [c.submit(NOOP, i) for i in range(WARMUP)]:
             f.result()
@@ -74,6 +74,11 @@ def phalanx_submit(d: PhalanxUnderTest, n: int) -> Sample:
             for f in futures:
                 f.result()
     return m.sample
+
+
+def phalanx_submit_tcp(d: PhalanxUnderTest, n: int) -> Sample:
+    """The same over loopback TCP, the default endpoint users configure."""
+    return phalanx_submit(d, n, d.tcp_intake)
 
 
 def phalanx_map(d: PhalanxUnderTest, n: int) -> Sample:
@@ -144,6 +149,7 @@ def ppe_map(d: PhalanxUnderTest, n: int) -> Sample:
 
 VARIANTS: dict[str, Callable[[PhalanxUnderTest, int], Sample]] = {
     "phalanx.submit": phalanx_submit,
+    "phalanx.submit.tcp": phalanx_submit_tcp,
     "phalanx.map": phalanx_map,
     "phalanx.imap_unordered": phalanx_imap_unordered,
     "pool.imap_unordered.c1": _pool_imap(1),
@@ -154,6 +160,7 @@ VARIANTS: dict[str, Callable[[PhalanxUnderTest, int], Sample]] = {
 
 LABELS = {
     "phalanx.submit": "Phalanx submit() per task",
+    "phalanx.submit.tcp": "Phalanx submit() per task over loopback TCP",
     "phalanx.map": "Phalanx map()",
     "phalanx.imap_unordered": "Phalanx imap_unordered()",
     "pool.imap_unordered.c1": "Pool.imap_unordered(chunksize=1)",

@@ -61,6 +61,10 @@ class EndpointsSection(_Section, frozen=True):
     intake: str = "tcp://127.0.0.1:7455"
     publisher: str = "tcp://127.0.0.1:7456"
     control: str = ""  # empty: ipc://<runtime_dir>/control.sock
+    # Also listen on ipc://<runtime_dir>/intake.sock and publisher.sock, which
+    # a client on this host (same user) uses by default: loopback TCP costs
+    # every message two trips through the kernel's network stack.
+    local: bool = True
 
 
 class TasksSection(_Section, frozen=True):
@@ -144,8 +148,36 @@ class Config(_Section, frozen=True):
         return resolve_runtime_dir(self.daemon.runtime_dir)
 
     @property
+    def local_intake(self) -> str | None:
+        """The ipc intake for clients on this host, if any besides ``intake``."""
+        if not self.endpoints.local or self.endpoints.intake.startswith("ipc://"):
+            return None
+        return f"ipc://{self.runtime_dir / LOCAL_INTAKE}"
+
+    @property
+    def local_publisher(self) -> str | None:
+        if not self.endpoints.local or self.endpoints.publisher.startswith("ipc://"):
+            return None
+        return f"ipc://{self.runtime_dir / LOCAL_PUBLISHER}"
+
+    @property
     def control_endpoint(self) -> str:
         return self.endpoints.control or f"ipc://{self.runtime_dir / 'control.sock'}"
+
+
+LOCAL_INTAKE, LOCAL_PUBLISHER = "intake.sock", "publisher.sock"
+
+
+def local_endpoint(name: str) -> str | None:
+    """``ipc://`` path of a local daemon's socket ``name`` in the runtime
+    directory this user would use by default, if it is there and ours."""
+    path = resolve_runtime_dir("") / name
+    try:
+        if path.is_socket() and os.access(path, os.R_OK | os.W_OK):
+            return f"ipc://{path}"
+    except OSError:
+        pass
+    return None
 
 
 def resolve_runtime_dir(configured: str) -> Path:

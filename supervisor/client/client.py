@@ -56,6 +56,7 @@ from supervisor.client.wire import Submit as _Submit
 from supervisor.client.wire import TaskOut as _TaskOut
 from supervisor.client.wire import decoder as _decoder
 from supervisor.client.wire import encoder as _encoder
+from supervisor.config import LOCAL_INTAKE, local_endpoint
 
 __all__ = [
     "DEFAULT_ENDPOINT", "DEFAULT_PUBLISHER", "AsyncResult", "Client", "Message",
@@ -63,6 +64,12 @@ __all__ = [
 ]
 
 DEFAULT_ENDPOINT = os.environ.get("PHALANX_ENDPOINT", "tcp://127.0.0.1:7455")
+
+
+def default_endpoint() -> str:
+    """$PHALANX_ENDPOINT; else this user's local phalanxd over ipc (its
+    runtime dir's intake.sock: no TCP stack on the way); else loopback TCP."""
+    return os.environ.get("PHALANX_ENDPOINT") or local_endpoint(LOCAL_INTAKE) or DEFAULT_ENDPOINT
 MAX_BATCH = 1024  # tasks per message, well under the daemon's size limit
 STREAM_WINDOW = 65_536  # tasks a map/imap keeps in flight at once
 UNACKED_KEPT = 4096  # recent requests whose refusal could still arrive
@@ -228,10 +235,12 @@ class _Options(_Api):
 class Client(_Api):
     """A connection to one phalanxd (or several: pass a list of endpoints)."""
 
-    def __init__(self, endpoint: str | list[str] = DEFAULT_ENDPOINT, *,
+    def __init__(self, endpoint: str | list[str] | None = None, *,
                  connect_timeout: float | None = None) -> None:
         self._client = self
         self._opts = NO_OPTS
+        if endpoint is None:
+            endpoint = default_endpoint()
         self._endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._prefix = uuid.uuid4().hex[:12] + "-"

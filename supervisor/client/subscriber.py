@@ -9,6 +9,8 @@ from typing import Any, Self
 import msgspec
 import zmq
 
+from supervisor.config import LOCAL_PUBLISHER, local_endpoint
+
 DEFAULT_PUBLISHER = os.environ.get("PHALANX_PUBLISHER", "tcp://127.0.0.1:7456")
 
 
@@ -27,8 +29,11 @@ class Subscriber:
     ``gaps`` counts messages missed per topic (seen as jumps in ``seq``).
     """
 
-    def __init__(self, endpoint: str = DEFAULT_PUBLISHER, topics: Iterable[str] = ("",),
+    def __init__(self, endpoint: str | None = None, topics: Iterable[str] = ("",),
                  timeout: float | None = None) -> None:
+        if endpoint is None:  # as Client: $PHALANX_PUBLISHER, this user's local ipc, TCP
+            endpoint = (os.environ.get("PHALANX_PUBLISHER")
+                        or local_endpoint(LOCAL_PUBLISHER) or DEFAULT_PUBLISHER)
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)

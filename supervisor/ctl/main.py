@@ -6,18 +6,19 @@
 
          argv --> global options --> endpoint (see find_endpoint)
                       |
-          COMMAND given?  no --> ctl_shell.Shell: "phalanx> " prompt, each
+          COMMAND given?  no --> shell.Shell: "phalanx> " prompt, each
                       |          line goes through run_command below
                       v
-         run_command: ctl_commands.COMMANDS[name] -> parse its options
+         run_command: commands.COMMANDS[name] -> parse its options
                       -> handler(Ctl, args) -> Ctl.call(cmd, args)
                       -> control socket (ipc, 0600) -> reply
-                      -> ctl_render (text) or json.dumps (--json)
-                      -> exit code (ctl_core: 0 1 2 3 4 7)
+                      -> render (text) or json.dumps (--json)
+                      -> exit code (core: 0 1 2 3 4 7)
 
-The modules: ctl_core (connection, errors, exit codes), ctl_commands (one
-handler per command), ctl_stream (tail -f, top, events), ctl_render (pure
-formatting), ctl_shell (the interactive shell).
+The modules of supervisor/ctl/: core (errors, exit codes, the Ctl
+handle), connection (the control socket), commands (one handler per
+command), slots, stream (tail -f, top, events), render (pure formatting),
+shell (the interactive shell).
 """
 
 from __future__ import annotations

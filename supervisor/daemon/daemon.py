@@ -93,6 +93,7 @@ class Daemon:
         self.exit_code = 0
         self.ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._lock_fd = -1
+        self._local_paths: list[str] = []
 
     # =========================================================== start-up
     def start(self) -> None:
@@ -134,11 +135,13 @@ class Daemon:
             self.intake.setsockopt(zmq.SNDHWM, INTAKE_SNDHWM)
             self.intake.setsockopt(zmq.RCVHWM, 100_000)
             self._bind(self.intake, self.cfg.endpoints.intake, "intake")
+            self._bind_local(self.intake, self.cfg.local_intake, "local intake")
             self.pub_sock = self.ctx.socket(zmq.XPUB)
             self.pub_sock.setsockopt(zmq.LINGER, 0)
             self.pub_sock.setsockopt(zmq.SNDHWM, PUBLISH_SNDHWM)  # see publisher.py
             self.pub_sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)  # subscriptions are short
             self._bind(self.pub_sock, self.cfg.endpoints.publisher, "publisher")
+            self._bind_local(self.pub_sock, self.cfg.local_publisher, "local publisher")
             self.control = self.ctx.socket(zmq.ROUTER)
             self.control.setsockopt(zmq.LINGER, 0)
             self.control.setsockopt(zmq.MAXMSGSIZE, 1024 * 1024)
@@ -150,6 +153,18 @@ class Daemon:
         except StartupError:
             self.close_sockets()
             raise
+
+    def _bind_local(self, sock: zmq.Socket[bytes], endpoint: str | None, what: str) -> None:
+        """The same socket also on ipc in the runtime dir (0700: only our
+        user reaches it); what clients on this host use by default."""
+        if endpoint is None:
+            return
+        old_umask = os.umask(0o177)
+        try:
+            self._bind(sock, endpoint, what)
+        finally:
+            os.umask(old_umask)
+        self._local_paths.append(endpoint[len("ipc://"):])
 
     def _bind(self, sock: zmq.Socket[bytes], endpoint: str, what: str) -> None:
         try:
@@ -245,10 +260,12 @@ class Daemon:
         if self.ctx is not None:
             self.ctx.term()
             self.ctx = None
-        endpoint = self.cfg.control_endpoint
-        if endpoint.startswith("ipc://"):
+        paths = list(self._local_paths)
+        if self.cfg.control_endpoint.startswith("ipc://"):
+            paths.append(self.cfg.control_endpoint[len("ipc://"):])
+        for path in paths:
             try:
-                os.unlink(endpoint[len("ipc://"):])
+                os.unlink(path)
             except OSError:
                 pass
 

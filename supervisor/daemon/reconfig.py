@@ -28,6 +28,7 @@ _DAEMON_ONLY = {
     ("endpoints", "intake"),
     ("endpoints", "publisher"),
     ("endpoints", "control"),
+    ("endpoints", "local"),
     ("workers", "start_method"),
     ("workers", "preload"),
     # Baked into the intake socket's MAXMSGSIZE and each worker's limits.

@@ -13,6 +13,6 @@ def has_input(sock: zmq.Socket[bytes]) -> bool:
 
     Cheaper than reading until zmq.Again (building that exception costs more
     than handling a small request), and reading ZMQ_EVENTS is what re-arms
-    the edge-triggered ZMQ_FD the loop polls (see Daemon._watch_zmq).
+    the edge-triggered ZMQ_FD the loop polls (see EventLoop.watch_zmq).
     """
     return bool(int(sock.getsockopt(zmq.EVENTS)) & POLLIN)

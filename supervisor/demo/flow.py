@@ -27,9 +27,9 @@ loop (more than ``restart.max_restarts`` deaths of one slot within
 right for real crash loops, but this demo wants to show recovery, so it
 skips a slot whose recent deaths are near that limit.
 
-The parts live in ``demo_daemon`` (start, stop and check phalanxd and its
-workers), ``demo_chaos`` (the chaos and watch threads) and ``demo_report``
-(tallies, progress and the summary); this module parses the arguments,
+The parts live in ``daemon`` (start, stop and check phalanxd and its
+workers), ``chaos`` (the chaos and watch threads) and ``report`` (tallies,
+progress and the summary), all in supervisor/demo/; this module parses the arguments,
 streams the tasks and runs the whole.
 """
 
