@@ -109,15 +109,20 @@ class EventLoop:
         if self._zmq_drains[sock]():
             self._recheck.add(sock)
 
-    def recheck_zmq(self) -> None:
-        """Re-read ZMQ_EVENTS of every socket a send may have disarmed."""
+    def recheck_zmq(self) -> bool:
+        """Re-read ZMQ_EVENTS of every socket a send may have disarmed, and
+        drain those with input; True if any had (the owner then needs a turn
+        before the loop waits again: what was read may be work to dispatch)."""
         if not self._recheck:
-            return
+            return False
         sockets = list(self._recheck)
         self._recheck.clear()
+        drained = False
         for sock in sockets:
             if has_input(sock):
                 self._drain(sock)
+                drained = True
+        return drained
 
     # ------------------------------------------------------------ timers
     def at(self, when: float, fn: Callable[[], None]) -> None:
@@ -198,4 +203,8 @@ class EventLoop:
                 if handler is not None:
                     handler(fast if ev == select.EPOLLIN else _from_epoll(ev))
             turn(monotonic())  # it runs the due timers (run_due) in its order
-            self.recheck_zmq()
+            # Requests read while re-checking get their turn now: waiting
+            # first would leave them queued until the next timer (a lost
+            # wake-up that once cost up to a second).
+            while self.recheck_zmq():
+                turn(monotonic())
