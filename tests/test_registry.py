@@ -173,7 +173,8 @@ def test_import_error_in_one_module_is_reported_and_others_still_load(
         def fine():
             pass
     """)
-    tasks, errors = registry.load([good, broken, "phalanx_no_such_module_x", syntax, good2])
+    tasks, by_module = registry.load([good, broken, "phalanx_no_such_module_x", syntax, good2])
+    errors = registry.describe_errors(by_module)
     assert set(tasks) == {f"{good}:ok", f"{good2}:fine"}
     assert len(errors) == 3
     assert errors[0] == f"{broken}: RuntimeError: boom at import"
@@ -183,7 +184,7 @@ def test_import_error_in_one_module_is_reported_and_others_still_load(
 
 
 def test_load_of_nothing_is_empty() -> None:
-    assert registry.load([]) == ({}, [])
+    assert registry.load([]) == ({}, {})
 
 
 def test_module_of_gives_the_module_part_of_a_task_name() -> None:

@@ -90,6 +90,7 @@ class Daemon(SlotIO, Recovery, Lifecycle):
         ]
         self.allow = list(cfg.tasks.allow)
         self.known_tasks: set[str] = set()
+        self.import_errors: dict[str, str] = {}  # issue 8 item 14: named in UnknownTask
         self.rng = random.Random()
         self.notifier = Notifier.from_env()
         self.paused = False

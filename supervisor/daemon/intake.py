@@ -23,6 +23,7 @@ from supervisor.core.tasks import ReplyGroup, Task
 from supervisor.daemon.zmqio import has_input
 from supervisor.errors import (
     BadRequest,
+    LimitExceeded,
     NotAllowed,
     Overloaded,
     Paused,
@@ -138,6 +139,10 @@ def name_refusal(d: Daemon, name: str) -> RequestError | None:
     if module not in d.allow:
         return NotAllowed(f"module {module!r} is not in tasks.allow")
     if d.known_tasks:  # once a worker has listed what it can run
+        why = d.import_errors.get(module)
+        if why:
+            return UnknownTask(f"no task named {name!r}: module {module!r} failed to import "
+                               f"in the workers: {why}")
         return UnknownTask(f"no task named {name!r}")
     return None
 
@@ -155,8 +160,14 @@ def check(d: Daemon, spec: TaskIn) -> RequestError | None:
         return BadRequest("kwargs must be a map")
     if spec.timeout is not None and not spec.timeout >= 0:
         return BadRequest("timeout must be a number >= 0")
-    if spec.max_attempts is not None and spec.max_attempts < 1:
-        return BadRequest("max_attempts must be >= 1")
+    if spec.max_attempts is not None:
+        if spec.max_attempts < 1:
+            return BadRequest("max_attempts must be >= 1")
+        if spec.max_attempts > d.cfg.tasks.max_attempts_limit:
+            return LimitExceeded(
+                f"max_attempts {spec.max_attempts} is over tasks.max_attempts_limit "
+                f"({d.cfg.tasks.max_attempts_limit})"
+            )
     if spec.soft_timeout is not None and not spec.soft_timeout >= 0:
         return BadRequest("soft_timeout must be a number >= 0")
     table = d.table

@@ -49,7 +49,8 @@ class SlotIO(DaemonState):
         slot.task_limit = limit
         try:
             handle = WorkerHandle.spawn(
-                self.mp, slot.index, self.allow, self.cfg.tasks.max_message_bytes
+                self.mp, slot.index, self.allow, self.cfg.tasks.max_message_bytes,
+                path=self.cfg.task_path,
             )
             handle.fs_generation = self.fs_generation
         except OSError as exc:
@@ -162,6 +163,8 @@ class SlotIO(DaemonState):
         self.known_tasks.update(hello.tasks)
         for error in hello.errors:
             log.error("task_module_import_failed", slot=slot.index, error=error)
+        # "module: why" per module that failed (issue 8 item 14: UnknownTask names it)
+        self.import_errors = {e.partition(": ")[0]: e.partition(": ")[2] for e in hello.errors}
         log.info("worker_started", slot=slot.index, pid=hello.pid, generation=slot.generation)
         self.publisher.event(
             "worker.started", slot=slot.index, pid=hello.pid, generation=slot.generation

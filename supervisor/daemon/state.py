@@ -37,6 +37,7 @@ class DaemonState:
     slots: list[Slot]
     allow: list[str]
     known_tasks: set[str]
+    import_errors: dict[str, str]  # allowed module -> why workers could not import it
     rng: random.Random
     notifier: Notifier
     paused: bool
