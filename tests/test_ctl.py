@@ -40,10 +40,10 @@ from supervisor.ctl.stream import connectable
 from tests.conftest import Daemon, StartDaemon, alive, merge, to_toml, wait_until
 
 ECHO = "workers.builtin:echo"
-SAY = "workers.builtin:say"
+SAY = "workers.testing:say"
 SLEEP = "workers.builtin:sleep"
-CRASH = "workers.builtin:crash"
-SPAWN_CHILD = "workers.builtin:spawn_child"
+CRASH = "workers.testing:crash"
+SPAWN_CHILD = "workers.testing:spawn_child"
 CLOCK = r"\d\d:\d\d:\d\d\.\d{3}"
 
 

@@ -23,7 +23,7 @@ from tests.conftest import Daemon, StartDaemon, alive, wait_until
 
 ECHO = "workers.builtin:echo"
 SLEEP = "workers.builtin:sleep"
-CRASH = "workers.builtin:crash"
+CRASH = "workers.testing:crash"
 
 
 def test_sigkill_mid_task_runs_it_again_elsewhere_exactly_once(daemon: Daemon) -> None:
@@ -274,7 +274,7 @@ def test_no_worker_leaves_a_grandchild_behind_after_a_crash(daemon: Daemon) -> N
     """A task that started a child (ignoring SIGTERM) and then crashed its
     worker leaves no process behind: the worker's process group is reaped."""
     client = daemon.client()
-    grandchild = client.submit("workers.builtin:spawn_child", 60).result(timeout=10)
+    grandchild = client.submit("workers.testing:spawn_child", 60).result(timeout=10)
     proc = psutil.Process(grandchild)
     assert proc.is_running()
     pids = set(daemon.slot_pids().values())

@@ -31,7 +31,7 @@ from tests.attack import ECHO, MiB, Peer, ResultTap, echo_round_trip, in_daemon_
 from tests.conftest import Daemon, StartDaemon, wait_until
 
 SLEEP = "workers.builtin:sleep"
-PID = "workers.builtin:pid"
+PID = "workers.testing:pid"
 
 
 def ids(tag: str, n: int) -> list[str]:
@@ -245,7 +245,7 @@ def test_grandchild_that_ignores_sigterm_is_gone_once_its_worker_is(
     or SIGKILLed, the grandchild is killed and reaped (no process, no
     zombie) within a few seconds, and the slot serves again."""
     client = daemon.client()
-    grandchild = client.submit("workers.builtin:spawn_child", 60, escaped).result(timeout=10)
+    grandchild = client.submit("workers.testing:spawn_child", 60, escaped).result(timeout=10)
     proc = psutil.Process(grandchild)
     assert proc.is_running()
     if escaped:  # the grandchild calls setsid() itself, a moment after the fork
@@ -300,7 +300,7 @@ def test_worker_over_max_memory_mb_finishes_its_task_then_is_replaced(
     try:
         tap.sync(peer)
         (hog,) = ids("hog", 1)
-        peer.submit([{"task": "workers.builtin:alloc", "id": hog, "args": [300, 1.5]}])
+        peer.submit([{"task": "workers.testing:alloc", "id": hog, "args": [300, 1.5]}])
         slot = daemon.slot_holding(hog)
         others = ids("bystander", 200)
         peer.submit([{"task": ECHO, "id": i, "args": [i]} for i in others])
@@ -375,7 +375,7 @@ def test_task_that_sabotages_its_pipe_fails_and_harms_nothing_else(
         tap.sync(peer)
         (bad,) = ids(mode, 1)
         others = ids("bystander", 500)
-        peer.submit([{"task": "workers.builtin:sabotage", "id": bad, "args": [mode, 30.0],
+        peer.submit([{"task": "workers.testing:sabotage", "id": bad, "args": [mode, 30.0],
                       "max_attempts": 2}])
         for at in range(0, len(others), 50):
             peer.submit([{"task": ECHO, "id": i, "args": [i]} for i in others[at:at + 50]])
@@ -412,7 +412,7 @@ def test_hard_timeout_kills_a_task_that_ignores_sigterm_and_swallows_soft_timeou
     opts = client.with_options(timeout=0.6, soft_timeout=0.2)
     t0 = time.monotonic()
     with pytest.raises(TaskError) as info:
-        opts.submit("workers.builtin:stubborn", 30).result(timeout=10)
+        opts.submit("workers.testing:stubborn", 30).result(timeout=10)
     elapsed = time.monotonic() - t0
     assert info.value.type == "Timeout", info.value
     assert 0.6 <= elapsed < 3.0, elapsed
@@ -461,7 +461,7 @@ def test_stop_escalates_to_sigkill_for_a_worker_that_ignores_sigterm(
     peer = Peer(daemon.intake)
     try:
         (tid,) = ids("stubborn", 1)
-        peer.submit([{"task": "workers.builtin:stubborn", "id": tid, "args": [1.0]}])
+        peer.submit([{"task": "workers.testing:stubborn", "id": tid, "args": [1.0]}])
         slot = daemon.slot_holding(tid)
         # Held is not yet running: stop only once the task ignores SIGTERM,
         # or the worker would simply die of the SIGTERM.
@@ -494,7 +494,7 @@ def test_pool_wide_crash_loop_is_announced_and_throttled(start_daemon: StartDaem
     try:
         tap.sync(peer)
         crashes = ids("crash", 4)
-        peer.submit([{"task": "workers.builtin:crash", "id": i, "args": ["exit"],
+        peer.submit([{"task": "workers.testing:crash", "id": i, "args": ["exit"],
                       "max_attempts": 1} for i in crashes])
         peer.wait(lambda: all(peer.results[i] for i in crashes), 30, "crash results")
         assert {peer.last[i]["error"]["type"] for i in crashes} == {"WorkerCrashed"}

@@ -147,7 +147,7 @@ def test_sigterm_stops_cleanly_and_leaves_no_process(daemon: Daemon) -> None:
     forkserver nor a grandchild a task started (ignoring SIGTERM) is left."""
     client = daemon.client()
     grandchild = psutil.Process(
-        client.submit("workers.builtin:spawn_child", 60).result(timeout=10))
+        client.submit("workers.testing:spawn_child", 60).result(timeout=10))
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(timeout=15) == 0
     assert daemon.leftover_processes(timeout=5) == []

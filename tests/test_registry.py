@@ -150,10 +150,14 @@ def test_empty_all_exports_no_tasks(make_module: Writer) -> None:
     assert registry.module_tasks(mod) == {}
 
 
-def test_builtin_module_exposes_its_documented_tasks() -> None:
+def test_builtin_module_holds_only_the_tasks_safe_for_users() -> None:
+    """The default allowlist must not let a local user crash, sabotage or
+    outlive workers: those tasks live in workers.testing."""
     tasks = registry.module_tasks("workers.builtin")
-    assert {"workers.builtin:echo", "workers.builtin:crash", "workers.builtin:sleep"} <= set(tasks)
-    assert all(name.startswith("workers.builtin:") for name in tasks)
+    assert set(tasks) == {f"workers.builtin:{n}" for n in ("echo", "noop", "sleep", "burn", "fail")}
+    hostile = registry.module_tasks("workers.testing")
+    assert {f"workers.testing:{n}" for n in (
+        "crash", "alloc", "sabotage", "spawn_child", "stubborn", "say", "pid")} <= set(hostile)
 
 
 def test_import_error_in_one_module_is_reported_and_others_still_load(

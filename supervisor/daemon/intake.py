@@ -160,18 +160,17 @@ def check(d: Daemon, spec: TaskIn) -> RequestError | None:
         return BadRequest("kwargs must be a map")
     if spec.timeout is not None and not spec.timeout >= 0:
         return BadRequest("timeout must be a number >= 0")
-    if spec.max_attempts is not None:
-        if spec.max_attempts < 1:
-            return BadRequest("max_attempts must be >= 1")
-        if spec.max_attempts > d.cfg.tasks.max_attempts_limit:
-            return LimitExceeded(
-                f"max_attempts {spec.max_attempts} is over tasks.max_attempts_limit "
-                f"({d.cfg.tasks.max_attempts_limit})"
-            )
+    if spec.max_attempts is not None and spec.max_attempts < 1:
+        return BadRequest("max_attempts must be >= 1")
     if spec.soft_timeout is not None and not spec.soft_timeout >= 0:
         return BadRequest("soft_timeout must be a number >= 0")
     table = d.table
     limits = d.cfg.tasks
+    if spec.max_attempts is not None and spec.max_attempts > limits.max_attempts_limit:
+        return LimitExceeded(
+            f"max_attempts {spec.max_attempts} is over tasks.max_attempts_limit "
+            f"({limits.max_attempts_limit})"
+        )
     if len(table) >= limits.max_pending:
         return Overloaded(f"{len(table)} tasks pending, limit {limits.max_pending}")
     if table.pending_bytes >= limits.max_pending_bytes:
