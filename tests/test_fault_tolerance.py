@@ -232,17 +232,19 @@ def test_second_client_is_unaffected_by_another_clients_crashing_tasks(
 
 
 def test_timeout_kills_the_worker_and_fails_the_task(daemon: Daemon) -> None:
-    """A task past its per-submit timeout fails with type Timeout well before
-    it would have finished, and its worker is replaced."""
+    """A task past its per-submit timeout fails with type Timeout long before
+    it would have finished (sleep 30, answer within 10 s), and its worker is
+    replaced. No upper bound on the time beyond that: a loaded machine may
+    take a while to notice and kill, and Timeout is what proves the kill."""
     client = daemon.client()
     before = set(daemon.slot_pids().values())
     start = time.monotonic()
     with pytest.raises(TaskError) as info:
-        client.with_options(timeout=0.3).submit(SLEEP, 5).result(timeout=10)
+        client.with_options(timeout=0.3).submit(SLEEP, 30).result(timeout=10)
     elapsed = time.monotonic() - start
     assert info.value.type == "Timeout"
     assert "0.3s timeout" in info.value.message
-    assert elapsed < 2.0
+    assert elapsed >= 0.3
     slots = daemon.wait_all_running()
     assert len(before - {s["pid"] for s in slots}) == 1
     assert sum(s["restarts"] for s in slots) == 1
@@ -305,5 +307,6 @@ def test_crash_inside_a_prefetched_batch_charges_only_the_crashing_task(daemon: 
     assert "SIGKILL" in boom["error"]["message"]
     assert all(r["ok"] and r["attempts"] == 1 for r in results.values()), [
         r for r in results.values() if not r["ok"] or r["attempts"] != 1]
+    sub.fence(client)  # a retried event, had there been one, has arrived by now
     assert sub.events("task.retried") == []
     assert daemon.stats()["quarantined"] == 0
