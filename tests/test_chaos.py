@@ -58,7 +58,7 @@ CHAOS_CONFIG: dict[str, dict[str, Any]] = {
     # A task killed under the default 3 attempts may legitimately fail
     # WorkerCrashed here; with ample attempts every one must succeed, so a
     # failure means an accounting bug, not bad luck.
-    "tasks": {"max_attempts": 100},
+    "tasks": {"max_attempts": 100, "max_attempts_limit": 100},
 }
 
 
