@@ -105,7 +105,7 @@ def nesting_ok(encoded: bytes) -> bool:
         depth += 1
         frame = frame.f_back  # type: ignore[assignment]
     old = sys.getrecursionlimit()
-    sys.setrecursionlimit(depth + MAX_NESTING + 2)
+    sys.setrecursionlimit(depth + MAX_NESTING + 1)
     try:
         _walker.decode(encoded)
     except RecursionError:

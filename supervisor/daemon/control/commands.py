@@ -71,11 +71,12 @@ def slot_info(d: Daemon, slot: Slot) -> dict[str, Any]:
     if slot.inflight and slot.handle is not None:
         # The task the worker says it started, if it still holds it: a task
         # merely waiting in the worker's pipe is not "current".
-        key = slot.handle.running_key()
+        running = slot.handle.running()
+        key, started = running if running is not None else (None, 0.0)
         for task in slot.inflight:
             if task.key == key:
-                since = round(now - slot.head_since, 3) if task is slot.inflight[0] else None
-                current = {"id": task.id, "task": task.name, "for": since}
+                # The worker's own start time (same monotonic clock).
+                current = {"id": task.id, "task": task.name, "for": round(max(now - started, 0.0), 3)}
                 break
     rss, cpu = slot.handle.usage() if slot.handle is not None else (None, None)
     return {
