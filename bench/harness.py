@@ -30,7 +30,7 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 WORKERS = 2
 NOOP = "bench.tasks:noop"
-CRASH = "workers.builtin:crash"
+CRASH = "workers.testing:crash"
 STAMP_AND_DIE = "bench.tasks:stamp_and_die"
 STAMP_AND_SLEEP = "bench.tasks:stamp_and_sleep"
 
@@ -61,7 +61,7 @@ publisher = "{publisher}"
 control = "{control}"
 
 [tasks]
-allow = ["workers.builtin", "bench.tasks"]
+allow = ["workers.builtin", "workers.testing", "bench.tasks"]
 
 [restart]
 max_restarts = 100000
@@ -74,7 +74,7 @@ stop_timeout = 2.0
 
 CONFIG_CHANGES = {
     "workers.count": WORKERS,
-    "tasks.allow": ["workers.builtin", "bench.tasks"],
+    "tasks.allow": ["workers.builtin", "workers.testing", "bench.tasks"],
     "restart.max_restarts": 100000,
     "restart.daemon_max_restarts": 0,
     "shutdown.grace": 2.0,

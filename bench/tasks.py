@@ -44,7 +44,7 @@ def stamp_and_sleep(path: str, seconds: float) -> float:
 def stamp_and_die(path: str) -> None:
     """Append "pid wall-clock-time" to ``path``, then SIGKILL this worker.
 
-    ``workers.builtin:crash("kill")`` with a trace: it tells when each
+    ``workers.testing:crash("kill")`` with a trace: it tells when each
     attempt actually started running, which events alone do not.
     """
     _stamp(path)

@@ -71,6 +71,10 @@ class TasksSection(_Section, frozen=True):
     allow: list[ModuleName] = msgspec.field(default_factory=lambda: ["workers.builtin"])
     timeout: NonNegFloat = 0.0  # seconds a task may run; 0 means no limit
     max_attempts: PositiveInt = 3
+    # Most attempts a request may ask for (its max_attempts); more is
+    # refused with LimitExceeded, so one request cannot make a task that
+    # kills its worker run (and kill workers) without end.
+    max_attempts_limit: PositiveInt = 10
     # A task that ran past its timeout is usually slow, not unlucky: by
     # default it fails at once instead of using its remaining attempts.
     retry_timeouts: bool = False
@@ -90,6 +94,10 @@ class TasksSection(_Section, frozen=True):
     # Longest task id a client may choose (bytes of UTF-8); ids count
     # towards max_pending_bytes while their task is pending.
     max_id_bytes: PositiveInt = 256
+    # Folders put in front of a worker's sys.path before it imports the
+    # allowed modules. Relative ones are taken from the config file's
+    # folder. Unset: the config file's folder (none without a file).
+    path: list[str] | None = None
 
 
 class RestartSection(_Section, frozen=True):
@@ -159,6 +167,15 @@ class Config(_Section, frozen=True):
         if not self.endpoints.local or self.endpoints.publisher.startswith("ipc://"):
             return None
         return f"ipc://{self.runtime_dir / LOCAL_PUBLISHER}"
+
+    @property
+    def task_path(self) -> list[str]:
+        """``tasks.path`` as absolute folders (see TasksSection.path)."""
+        source = Path(self.source) if self.source and not self.source.startswith("<") else None
+        base = source.resolve().parent if source is not None else Path.cwd()
+        if self.tasks.path is None:
+            return [str(base)] if source is not None else []
+        return [str(base / entry) for entry in self.tasks.path]
 
     @property
     def control_endpoint(self) -> str:
@@ -238,6 +255,11 @@ def parse(data: dict[str, Any], where: str = "<config>") -> Config:
         raise ConfigError(f"{where}: {_describe(str(exc))}") from None
     cfg = msgspec.structs.replace(cfg, source=where)
     _check_endpoints(cfg, where)
+    if cfg.tasks.max_attempts > cfg.tasks.max_attempts_limit:
+        raise ConfigError(
+            f"{where}: tasks.max_attempts: {cfg.tasks.max_attempts} is over "
+            f"tasks.max_attempts_limit ({cfg.tasks.max_attempts_limit})"
+        )
     if cfg.restart.backoff_max < cfg.restart.backoff_initial:
         raise ConfigError(f"{where}: restart.backoff_max: must be >= restart.backoff_initial")
     return cfg

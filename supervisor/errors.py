@@ -10,6 +10,8 @@ switch on it. The Python-side classes mirror the names one to one::
     └── RequestError           a client's request was refused (wire: type)
         ├── BadRequest         garbage frames, wrong types, missing fields
         ├── TooLarge           message over tasks.max_message_bytes
+        ├── LimitExceeded      an option over its configured maximum
+                               (max_attempts over tasks.max_attempts_limit)
         ├── UnknownTask        task name not in any allowed module
         ├── NotAllowed         task's module is not in tasks.allow
         ├── Overloaded         pending queue full, try later
@@ -65,6 +67,10 @@ class BadRequest(RequestError):
 
 class TooLarge(RequestError):
     type = "TooLarge"
+
+
+class LimitExceeded(RequestError):
+    type = "LimitExceeded"
 
 
 class UnknownTask(RequestError):

@@ -22,6 +22,11 @@ EMPTY = msgspec.Raw()
 NO_ARGS = msgspec.Raw(b"\x90")  # []
 NO_KWARGS = msgspec.Raw(b"\x80")  # {}
 PROTOCOL_VERSION = 1
+# Deepest nesting a worker sends in a result (workers/outcome.py checks it):
+# the daemon's decoder refuses nesting past its recursion budget (~1000
+# levels less its own stack), and whatever it cannot decode it must treat
+# as garbage from the worker. Deeper results fail as Unserializable.
+MAX_NESTING = 900
 
 # ---------------------------------------------------------------- intake
 

@@ -124,6 +124,8 @@ def base_config(ipc_dir: Path) -> dict[str, dict[str, Any]]:
     return {
         "daemon": {"runtime_dir": str(ipc_dir / "run"), "log_format": "json"},
         "workers": {"count": 2},
+        # workers.testing: the hostile tasks (crash, sabotage, ...) tests need.
+        "tasks": {"allow": ["workers.builtin", "workers.testing"]},
         "endpoints": {
             "intake": f"ipc://{ipc_dir}/intake",
             "publisher": f"ipc://{ipc_dir}/pub",

@@ -58,7 +58,7 @@ CHAOS_CONFIG: dict[str, dict[str, Any]] = {
     # A task killed under the default 3 attempts may legitimately fail
     # WorkerCrashed here; with ample attempts every one must succeed, so a
     # failure means an accounting bug, not bad luck.
-    "tasks": {"max_attempts": 100},
+    "tasks": {"max_attempts": 100, "max_attempts_limit": 100},
 }
 
 
@@ -196,7 +196,7 @@ def test_poison_task_is_quarantined_while_everything_else_succeeds(
         for at in range(0, len(ids), 500):
             chunk = [{"task": ECHO, "id": i, "args": [i]} for i in ids[at:at + 500]]
             if at == 1000:
-                chunk.insert(250, {"task": "workers.builtin:crash", "id": poison,
+                chunk.insert(250, {"task": "workers.testing:crash", "id": poison,
                                    "args": ["kill"]})
             peer.submit(chunk)
         everything = [*ids, poison]

@@ -331,3 +331,28 @@ def test_to_dict_does_not_change_the_config() -> None:
     cfg = Config()
     config.to_dict(cfg)
     assert cfg == Config()
+
+
+# ------------------------------------------------ task limits and task path
+def test_max_attempts_over_its_limit_is_a_config_error() -> None:
+    message = parse_error({"tasks": {"max_attempts": 11}})
+    assert message == "tasks.max_attempts: 11 is over tasks.max_attempts_limit (10)"
+    assert config.parse({"tasks": {"max_attempts": 11, "max_attempts_limit": 20}})
+
+
+def test_task_path_defaults_to_the_config_files_folder(tmp_path: Path) -> None:
+    """Task modules next to the config file are found without any setup."""
+    assert config.load(write(tmp_path, "")).task_path == [str(tmp_path.resolve())]
+    assert config.load(None).task_path == []
+
+
+def test_task_path_entries_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[tasks]\npath = ["lib", "/abs/dir"]\n')
+    assert config.load(path).task_path == [str(tmp_path.resolve() / "lib"), "/abs/dir"]
+    assert config.load(write(tmp_path, "[tasks]\npath = []\n")).task_path == []
+
+
+def test_default_allowlist_holds_no_hostile_tasks_and_the_demo_config_adds_them() -> None:
+    assert Config().tasks.allow == ["workers.builtin"]
+    demo = config.load(EXAMPLE.with_name("demo.toml"))
+    assert demo.tasks.allow == ["workers.builtin", "workers.testing"]

@@ -34,7 +34,8 @@ def short_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def write_config(directory: Path, intake: str | None = None) -> Path:
+def write_config(directory: Path, intake: str | None = None,
+                 allow: tuple[str, ...] = ("workers.builtin", "workers.testing")) -> Path:
     config = directory / "phalanx.toml"
     config.write_text(
         "[daemon]\n"
@@ -42,6 +43,8 @@ def write_config(directory: Path, intake: str | None = None) -> Path:
         'log_format = "json"\n'
         "[workers]\n"
         "count = 2\n"
+        "[tasks]\n"
+        f"allow = {json.dumps(list(allow))}\n"
         "[endpoints]\n"
         f'intake = "{intake or f"ipc://{directory}/intake"}"\n'
         f'publisher = "ipc://{directory}/pub"\n'
@@ -109,6 +112,18 @@ def test_demo_refuses_a_busy_port_before_starting_anything(short_dir: Path) -> N
     assert f"intake port {port}" in run.stderr and "not free" in run.stderr
     assert "started phalanxd" not in run.stderr
     assert run.stdout == ""
+
+
+def test_demo_needs_the_testing_tasks_allowed_explicitly(short_dir: Path) -> None:
+    """The demo's poison tasks are not in the default allowlist: a config
+    that does not allow workers.testing is refused before anything starts,
+    with the key and the module named."""
+    config = write_config(short_dir, allow=("workers.builtin",))
+    run = subprocess.run([*DEMO, "--config", str(config), "--tasks", "10"],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2
+    assert "tasks.allow must list workers.testing" in run.stderr
+    assert "started phalanxd" not in run.stderr
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

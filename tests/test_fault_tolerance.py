@@ -22,7 +22,7 @@ from tests.conftest import Daemon, StartDaemon, alive, wait_until
 
 ECHO = "workers.builtin:echo"
 SLEEP = "workers.builtin:sleep"
-CRASH = "workers.builtin:crash"
+CRASH = "workers.testing:crash"
 
 
 def test_sigkill_mid_task_runs_it_again_elsewhere_exactly_once(daemon: Daemon) -> None:
@@ -190,7 +190,9 @@ def test_slot_goes_fatal_after_max_backoffs_and_retries_after_cooldown(
     d = start_daemon(
         workers={"count": 1},
         restart={"max_restarts": 0, "backoff_initial": 0.2, "backoff_jitter": 0.0,
-                 "max_backoffs": 1, "fatal_cooldown": 1.5},
+                 # 3 s: status is read as FATAL after the event arrives, a
+                 # margin a loaded machine must not eat up.
+                 "max_backoffs": 1, "fatal_cooldown": 3.0},
     )
     client = d.client()
     sub = d.subscribe("event.worker.", client=client)
@@ -200,7 +202,7 @@ def test_slot_goes_fatal_after_max_backoffs_and_retries_after_cooldown(
     d.wait_all_running()
     kill_idle_worker(d, 0)
     fatal = sub.event("worker.fatal", slot=0, after=backoff)
-    assert fatal["cooldown"] == pytest.approx(1.5)
+    assert fatal["cooldown"] == pytest.approx(3.0)
     assert d.status()[0]["state"] == "FATAL"
 
     waiting = client.submit(ECHO, "after the cooldown")
@@ -209,7 +211,7 @@ def test_slot_goes_fatal_after_max_backoffs_and_retries_after_cooldown(
     assert waiting.result(timeout=10) == "after the cooldown"
     started = sub.event("worker.started", slot=0, after=fatal)
     assert started["generation"] == 3
-    assert started["time"] - fatal["time"] >= 1.4
+    assert started["time"] - fatal["time"] >= 2.9
 
 
 def test_second_client_is_unaffected_by_another_clients_crashing_tasks(
@@ -242,17 +244,19 @@ def test_second_client_is_unaffected_by_another_clients_crashing_tasks(
 
 
 def test_timeout_kills_the_worker_and_fails_the_task(daemon: Daemon) -> None:
-    """A task past its per-submit timeout fails with type Timeout well before
-    it would have finished, and its worker is replaced."""
+    """A task past its per-submit timeout fails with type Timeout long before
+    it would have finished (sleep 30, answer within 10 s), and its worker is
+    replaced. No upper bound on the time beyond that: a loaded machine may
+    take a while to notice and kill, and Timeout is what proves the kill."""
     client = daemon.client()
     before = set(daemon.slot_pids().values())
     start = time.monotonic()
     with pytest.raises(TaskError) as info:
-        client.with_options(timeout=0.3).submit(SLEEP, 5).result(timeout=10)
+        client.with_options(timeout=0.3).submit(SLEEP, 30).result(timeout=10)
     elapsed = time.monotonic() - start
     assert info.value.type == "Timeout"
     assert "0.3s timeout" in info.value.message
-    assert elapsed < 2.0
+    assert elapsed >= 0.3
     slots = daemon.wait_all_running()
     assert len(before - {s["pid"] for s in slots}) == 1
     assert sum(s["restarts"] for s in slots) == 1
@@ -284,7 +288,7 @@ def test_no_worker_leaves_a_grandchild_behind_after_a_crash(daemon: Daemon) -> N
     """A task that started a child (ignoring SIGTERM) and then crashed its
     worker leaves no process behind: the worker's process group is reaped."""
     client = daemon.client()
-    grandchild = client.submit("workers.builtin:spawn_child", 60).result(timeout=10)
+    grandchild = client.submit("workers.testing:spawn_child", 60).result(timeout=10)
     proc = psutil.Process(grandchild)
     assert proc.is_running()
     pids = set(daemon.slot_pids().values())
@@ -315,5 +319,6 @@ def test_crash_inside_a_prefetched_batch_charges_only_the_crashing_task(daemon: 
     assert "SIGKILL" in boom["error"]["message"]
     assert all(r["ok"] and r["attempts"] == 1 for r in results.values()), [
         r for r in results.values() if not r["ok"] or r["attempts"] != 1]
+    sub.fence(client)  # a retried event, had there been one, has arrived by now
     assert sub.events("task.retried") == []
     assert daemon.stats()["quarantined"] == 0

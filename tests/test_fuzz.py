@@ -30,11 +30,12 @@ from hypothesis import strategies as st
 
 from tests.attack import ECHO, Peer, decode, echo_round_trip
 from tests.conftest import Daemon, base_config, merge, short_tempdir
-from workers import builtin
+from workers import builtin, testing
 
 MAX_MSG = 64 * 1024  # tasks.max_message_bytes of the fuzzed daemon
 HARD_LIMIT = 2 * MAX_MSG + 4096  # the intake socket's MAXMSGSIZE
 REPLY_TIMEOUT = 5.0
+MAX_ATTEMPTS_LIMIT = 10  # the default tasks.max_attempts_limit
 FUZZ = settings(
     max_examples=150,
     deadline=None,
@@ -44,10 +45,10 @@ enc = msgspec.msgpack.encode
 
 # Safe to run whatever the arguments: nothing here sleeps, spins, forks,
 # allocates on request or kills its worker.
-SAFE_TASKS = ["workers.builtin:echo", "workers.builtin:noop", "workers.builtin:pid",
-              "workers.builtin:fail", "workers.builtin:say"]
+SAFE_TASKS = ["workers.builtin:echo", "workers.builtin:noop", "workers.testing:pid",
+              "workers.builtin:fail", "workers.testing:say"]
 UNSAFE = {"sleep", "burn", "crash", "alloc", "spawn_child", "sabotage", "stubborn"}
-KNOWN = {f"workers.builtin:{n}" for n in builtin.__all__}
+KNOWN = {f"workers.builtin:{n}" for n in builtin.__all__} | {f"workers.testing:{n}" for n in testing.__all__}
 # Control commands that only read (or, for `clear`/`start`, change nothing
 # the fuzz depends on): fuzzing `stop`, `shutdown` or `pause` with random
 # arguments would only test that they work.
@@ -479,7 +480,7 @@ def expected_rejection(spec: dict[str, Any]) -> str | None:
     module, sep, fn = name.partition(":")
     if not sep or not module or not fn:
         return "BadRequest"
-    if module != "workers.builtin":
+    if module not in ("workers.builtin", "workers.testing"):
         return "NotAllowed"
     if name not in KNOWN:
         return "UnknownTask"
@@ -496,6 +497,8 @@ def expected_rejection(spec: dict[str, Any]) -> str | None:
     s = spec.get("soft_timeout")
     if s is not None and not s >= 0:
         return "BadRequest"
+    if m is not None and m > MAX_ATTEMPTS_LIMIT:
+        return "LimitExceeded"
     return None
 
 

@@ -19,7 +19,7 @@ from zmq.utils.monitor import recv_monitor_message
 from tests.conftest import Daemon, RawPeer, StartDaemon
 
 ECHO = "workers.builtin:echo"
-PID = "workers.builtin:pid"
+PID = "workers.testing:pid"
 NOOP = "workers.builtin:noop"
 SLEEP = "workers.builtin:sleep"
 pack = msgspec.msgpack.encode

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -147,7 +146,7 @@ def test_sigterm_stops_cleanly_and_leaves_no_process(daemon: Daemon) -> None:
     forkserver nor a grandchild a task started (ignoring SIGTERM) is left."""
     client = daemon.client()
     grandchild = psutil.Process(
-        client.submit("workers.builtin:spawn_child", 60).result(timeout=10))
+        client.submit("workers.testing:spawn_child", 60).result(timeout=10))
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(timeout=15) == 0
     assert daemon.leftover_processes(timeout=5) == []
@@ -197,13 +196,12 @@ def test_second_sigterm_stops_at_once_failing_running_tasks(
     d.signal(signal.SIGTERM)
     wait_until(lambda: d.log_events("drain_started"), timeout=5, message="drain never started")
     assert not slow.done()
-    start = time.monotonic()
     d.signal(signal.SIGTERM)
     with pytest.raises(TaskError) as info:
         slow.result(timeout=10)
     assert info.value.type == "ShuttingDown"
+    # Bounded by 10 s against a 120 s grace: the second SIGTERM did not wait.
     assert d.wait_exit(timeout=10) == 0
-    assert time.monotonic() - start < 5
     assert d.leftover_processes(timeout=5) == []
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from supervisor.daemon.output import RingLog
 from tests.conftest import StartDaemon, wait_until
 
-SAY = "workers.builtin:say"
+SAY = "workers.testing:say"
 
 
 # ------------------------------------------------------------ pure ring

@@ -19,8 +19,8 @@ from tests.attack import ECHO, Peer
 from tests.conftest import Daemon, StartDaemon, alive, wait_until
 from tests.test_ctl import rewrite_config
 
-CRASH = "workers.builtin:crash"
-ALLOC = "workers.builtin:alloc"
+CRASH = "workers.testing:crash"
+ALLOC = "workers.testing:alloc"
 
 
 def test_repeating_a_finished_id_in_one_request_gets_one_result(daemon: Daemon) -> None:
@@ -149,7 +149,7 @@ def test_sigterm_ends_with_no_process_left_even_an_escaped_grandchild(
     must still end phalanxd within grace + stop_timeout + 1 s, nothing left."""
     d = start_daemon(shutdown={"grace": 1.0, "stop_timeout": 1.0})
     client = d.client()
-    child = psutil.Process(client.submit("workers.builtin:spawn_child", 60, True).result(timeout=10))
+    child = psutil.Process(client.submit("workers.testing:spawn_child", 60, True).result(timeout=10))
     assert alive(child)
     started = time.monotonic()
     d.signal(signal.SIGTERM)
@@ -166,3 +166,36 @@ def test_a_result_finished_just_before_exit_reaches_its_client(daemon: Daemon) -
     assert fut.result(timeout=10) == 0.3
     assert daemon.wait_exit(timeout=10) == 0
 
+
+
+def test_deadline_runs_from_the_running_tasks_own_start(start_daemon: StartDaemon) -> None:
+    """One worker holding ten echoes, then sleep(30) with timeout=1, then one
+    more echo: the echoes arrive while the sleep runs, the sleep alone fails
+    Timeout, nothing else is charged an attempt."""
+    d = start_daemon(workers={"count": 1, "max_prefetch": 16})
+    client = d.client()
+    client.map(ECHO, range(500), chunksize=1)  # fast results open the prefetch window
+    echoes = [client.submit(ECHO, i) for i in range(10)]
+    slow = client.with_options(timeout=1.0).submit("workers.builtin:sleep", 30)
+    after = client.submit(ECHO, "after")
+    assert [f.result(timeout=10) for f in echoes] == list(range(10))
+    with pytest.raises(TaskError) as err:
+        slow.result(timeout=20)
+    assert err.value.type == "Timeout"
+    assert after.result(timeout=10) == "after"
+    assert d.stats()["retried"] == 0
+
+
+def test_tasks_queued_behind_others_are_not_timed_from_their_handover(
+    start_daemon: StartDaemon,
+) -> None:
+    """tasks.timeout = 1 s and one worker holding three 0.6 s tasks (1.8 s
+    together): each runs within its own second, so none times out and the
+    worker is never killed."""
+    d = start_daemon(workers={"count": 1, "max_prefetch": 16}, tasks={"timeout": 1.0})
+    client = d.client()
+    pid = d.wait_all_running()[0]["pid"]
+    client.map(ECHO, range(500), chunksize=1)  # fast results open the prefetch window
+    futures = [client.submit("workers.builtin:sleep", 0.6) for _ in range(3)]
+    assert [f.result(timeout=20) for f in futures] == [0.6, 0.6, 0.6]
+    assert d.wait_all_running()[0]["pid"] == pid

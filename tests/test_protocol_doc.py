@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -498,11 +499,31 @@ def test_control_status_over_ipc_and_unknown_command(daemon: Phalanxd) -> None:
 CONFIGURATION_MD = ROOT / "docs" / "CONFIGURATION.md"
 
 
+def _stub_task_modules(folder: Path, text: str) -> None:
+    """The examples allow the reader's own modules (myapp.tasks, ...):
+    --check-config imports them, so put stand-ins next to the config file,
+    where tasks.path looks by default."""
+    try:
+        allow = tomllib.loads(text).get("tasks", {}).get("allow", [])
+    except tomllib.TOMLDecodeError:
+        return  # an invalid example: the check reports that instead
+    for module in allow:
+        if module.split(".")[0] in ("workers", "bench"):
+            continue
+        parts = module.split(".")
+        package = folder.joinpath(*parts[:-1])
+        package.mkdir(parents=True, exist_ok=True)
+        for depth in range(1, len(parts)):
+            (folder.joinpath(*parts[:depth]) / "__init__.py").touch()
+        (package / f"{parts[-1]}.py").write_text("def run():\n    return 1\n")
+
+
 def check_config(text: str) -> subprocess.CompletedProcess[str]:
     folder = Path(tempfile.mkdtemp(prefix="px", dir="/tmp"))
     try:
         path = folder / "phalanx.toml"
         path.write_text(text)
+        _stub_task_modules(folder, text)
         return subprocess.run(
             [sys.executable, "-m", "supervisor", "--check-config", str(path)],
             cwd=ROOT, capture_output=True, text=True, timeout=WAIT,

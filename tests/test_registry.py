@@ -150,10 +150,14 @@ def test_empty_all_exports_no_tasks(make_module: Writer) -> None:
     assert registry.module_tasks(mod) == {}
 
 
-def test_builtin_module_exposes_its_documented_tasks() -> None:
+def test_builtin_module_holds_only_the_tasks_safe_for_users() -> None:
+    """The default allowlist must not let a local user crash, sabotage or
+    outlive workers: those tasks live in workers.testing."""
     tasks = registry.module_tasks("workers.builtin")
-    assert {"workers.builtin:echo", "workers.builtin:crash", "workers.builtin:sleep"} <= set(tasks)
-    assert all(name.startswith("workers.builtin:") for name in tasks)
+    assert set(tasks) == {f"workers.builtin:{n}" for n in ("echo", "noop", "sleep", "burn", "fail")}
+    hostile = registry.module_tasks("workers.testing")
+    assert {f"workers.testing:{n}" for n in (
+        "crash", "alloc", "sabotage", "spawn_child", "stubborn", "say", "pid")} <= set(hostile)
 
 
 def test_import_error_in_one_module_is_reported_and_others_still_load(
@@ -173,7 +177,8 @@ def test_import_error_in_one_module_is_reported_and_others_still_load(
         def fine():
             pass
     """)
-    tasks, errors = registry.load([good, broken, "phalanx_no_such_module_x", syntax, good2])
+    tasks, by_module = registry.load([good, broken, "phalanx_no_such_module_x", syntax, good2])
+    errors = registry.describe_errors(by_module)
     assert set(tasks) == {f"{good}:ok", f"{good2}:fine"}
     assert len(errors) == 3
     assert errors[0] == f"{broken}: RuntimeError: boom at import"
@@ -183,7 +188,7 @@ def test_import_error_in_one_module_is_reported_and_others_still_load(
 
 
 def test_load_of_nothing_is_empty() -> None:
-    assert registry.load([]) == ({}, [])
+    assert registry.load([]) == ({}, {})
 
 
 def test_module_of_gives_the_module_part_of_a_task_name() -> None:

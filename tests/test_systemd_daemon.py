@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -376,10 +377,8 @@ def test_second_sigterm_ends_a_long_drain_at_once(
     family = descendants(d.pid)
     d.signal(signal.SIGTERM)
     notify.take("STOPPING", 5.0)
-    started = time.monotonic()
     d.signal(signal.SIGTERM)
-    assert d.wait_exit(5.0) == 0
-    assert time.monotonic() - started < 5.0
+    assert d.wait_exit(15.0) == 0  # far below the 30 s task and the 60 s grace
     await_results(peer, {"long"}, results, timeout=2.0)
     assert not results["long"]["ok"]
     assert results["long"]["error"]["type"] == "ShuttingDown"
@@ -457,7 +456,7 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_serving(
     d.signal(signal.SIGHUP)
     reloading = notify.take("RELOADING", 5.0)
     assert notify.take("READY", 5.0).index > reloading.index
-    assert d.log_events("reload_failed"), d.log
+    wait_until(lambda: d.log_events("reload_failed"), 5, message=lambda: d.log)
     assert d.call("config")["workers"]["count"] == 2
     assert [s["state"] for s in d.status()] == ["RUNNING", "RUNNING"]
     results: dict[str, dict[str, Any]] = {}
@@ -512,7 +511,7 @@ def test_sighup_while_workers_start_does_not_send_ready_early(
     d.signal(signal.SIGHUP)
     notify.take("READY", READY_TIMEOUT)
     assert [s["state"] for s in d.status()] == ["RUNNING", "RUNNING"]
-    assert d.log_events("reload_done"), d.log
+    wait_until(lambda: d.log_events("reload_done"), 5, message=lambda: d.log)
     assert notify.with_key("RELOADING") == []
     assert len(notify.with_key("READY")) == 1
 
@@ -552,6 +551,10 @@ def test_rolling_reload_picks_up_upgraded_task_code(
 
 
 # ================================================== start-up failures
+def _user(uid: int) -> str:
+    return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+
+
 def _failing_start(case: str, ipc_dir: Path, port_holder: socket.socket) -> tuple[
         dict[str, dict[str, Any]] | str, int, str]:
     """(config, expected exit status, expected stderr text) for one case."""
@@ -569,11 +572,30 @@ def _failing_start(case: str, ipc_dir: Path, port_holder: socket.socket) -> tupl
             pytest.skip("only root can make a directory owned by another uid")
         run_dir.mkdir(mode=0o700)
         os.chown(run_dir, 65534, 65534)
-        return config, 3, f"runtime directory {run_dir} belongs to uid 65534, not us"
+        return config, 3, (f"runtime directory {run_dir} belongs to {_user(65534)}, not to "
+                           f"{_user(os.getuid())} who runs phalanxd (mode 0700): another user "
+                           "created it first. Remove it (as that user or root), or set "
+                           "daemon.runtime_dir")
     if case == "runtime_dir_world_writable":
         run_dir.mkdir()
         run_dir.chmod(0o777)
-        return config, 3, f"runtime directory {run_dir} is writable by others (mode 777)"
+        return config, 3, (f"runtime directory {run_dir} is writable by others (mode 0777, "
+                           f"owner {_user(os.getuid())}): run `chmod 700 {run_dir}`")
+    if case == "runtime_dir_is_a_symlink":
+        # Planted by another user where our directory would be: pointing at
+        # a directory of ours (or theirs), it must never be followed.
+        target = ipc_dir / "elsewhere"
+        target.mkdir(mode=0o700)
+        run_dir.symlink_to(target)
+        if os.geteuid() == 0:
+            os.lchown(run_dir, 65534, 65534)
+        owner = _user(65534 if os.geteuid() == 0 else os.getuid())
+        return config, 3, (f"runtime directory {run_dir} is a symbolic link (to {target}, "
+                           f"created by {owner}); phalanxd never follows one there")
+    if case == "lock_file_is_a_symlink":
+        run_dir.mkdir(mode=0o700)
+        (run_dir / "phalanxd.lock").symlink_to(ipc_dir / "victim")
+        return config, 3, f"lock file {run_dir}/phalanxd.lock: is a symbolic link; remove it"
     if case == "bad_config":
         config["workers"]["count"] = -1
         return config, 2, "workers.count: Expected `int` >= 0"
@@ -585,6 +607,8 @@ def _failing_start(case: str, ipc_dir: Path, port_holder: socket.socket) -> tupl
     "runtime_dir_is_a_file",
     "runtime_dir_of_another_user",
     "runtime_dir_world_writable",
+    "runtime_dir_is_a_symlink",
+    "lock_file_is_a_symlink",
     "bad_config",
 ])
 def test_startup_failure_exits_nonzero_with_one_stderr_line_and_no_ready(
@@ -612,6 +636,9 @@ def test_startup_failure_exits_nonzero_with_one_stderr_line_and_no_ready(
     prefix = "phalanxd: invalid config: " if status == 2 else "phalanxd: cannot start: "
     assert lines[0].startswith(prefix), lines[0]
     assert reason in lines[0]
+    # Nothing was written through a planted link.
+    assert not (ipc_dir / "elsewhere" / "phalanxd.lock").exists()
+    assert not (ipc_dir / "victim").exists()
     # Whatever it sent is queued by now: it has exited.
     notify.drain()
     assert notify.with_key("READY") == [], [str(n) for n in notify.seen]

@@ -1,19 +1,18 @@
-"""Built-in tasks, used by the demo, the tests and the benchmarks.
+"""Built-in tasks any user may run: echo, noop, sleep, burn, fail.
 
-``crash`` ends its worker the ways real code does: an exit, a SIGKILL from
-the OOM killer, a segfault in a C extension, an abort in a C library.
+The default config allows this module: nothing here can harm the host,
+its worker or another user beyond the time and CPU a task is given.
+Tasks that crash, sabotage or outlive their worker (for the demo, the
+tests and the benchmarks) live in workers.testing, which no config
+allows unless it says so.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import signal
-import sys
 import time
 from typing import Any
 
-__all__ = ["echo", "noop", "say", "sabotage", "sleep", "burn", "fail", "crash", "alloc", "pid", "spawn_child", "stubborn"]
+__all__ = ["echo", "noop", "sleep", "burn", "fail"]
 
 
 def echo(x: Any = None) -> Any:
@@ -23,12 +22,6 @@ def echo(x: Any = None) -> Any:
 
 def noop() -> None:
     """Do nothing (benchmarks)."""
-
-
-def say(text: str, stream: str = "stdout") -> str:
-    """Print ``text`` to the worker's stdout or stderr; return it."""
-    print(text, file=sys.stderr if stream == "stderr" else sys.stdout, flush=True)
-    return text
 
 
 def sleep(seconds: float) -> float:
@@ -53,79 +46,3 @@ class TaskFailure(Exception):
 def fail(message: str = "task failed on purpose") -> None:
     """Raise ``TaskFailure(message)``: a normal failed result, not a crash."""
     raise TaskFailure(message)
-
-
-def crash(mode: str = "exit") -> None:
-    """End this worker process: mode is ``exit``, ``kill``, ``segv`` or ``abort``."""
-    if mode == "exit":
-        os._exit(13)
-    elif mode == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif mode == "segv":
-        ctypes.string_at(0)  # a real invalid read, not a raised signal
-    elif mode == "abort":
-        os.abort()
-    elif mode == "raise_base":
-        # Escapes ``except Exception`` in the worker loop.
-        raise SystemExit(7)
-    raise ValueError(f"unknown crash mode {mode!r} (exit, kill, segv, abort)")
-
-
-def alloc(mb: int, hold: float = 0.0) -> int:
-    """Allocate and touch ``mb`` MiB, hold it ``hold`` seconds; return bytes."""
-    block = bytearray(mb * 1024 * 1024)
-    for i in range(0, len(block), 4096):
-        block[i] = 1
-    if hold:
-        time.sleep(hold)
-    return len(block)
-
-
-def sabotage(mode: str = "garbage", linger: float = 5.0) -> None:
-    """Attack this worker's own pipe to the supervisor: ``close_pipe`` closes
-    it and keeps running for ``linger`` seconds; ``garbage`` writes bytes
-    that are not a valid frame."""
-    from workers import loop
-
-    if mode == "close_pipe":
-        os.close(loop.PIPE_FD)
-        time.sleep(linger)
-    elif mode == "garbage":
-        os.write(loop.PIPE_FD, b"\xff\xff\xff\x7fnot a frame at all")
-        time.sleep(linger)
-    else:
-        raise ValueError(f"unknown sabotage mode {mode!r} (close_pipe, garbage)")
-
-
-def pid() -> int:
-    """The worker's process id (tests use it to aim signals)."""
-    return os.getpid()
-
-
-def spawn_child(seconds: float = 60.0, new_session: bool = False) -> int:
-    """Start a grandchild process that ignores SIGTERM; return its pid.
-    With ``new_session`` it also calls setsid(), leaving the worker's
-    process group (so only the daemon's subreaper can catch it)."""
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the grandchild
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if new_session:
-            os.setsid()
-        time.sleep(seconds)
-        os._exit(0)
-    return child
-
-
-def stubborn(seconds: float) -> float:
-    """Ignore SIGTERM (for this worker, from now on) and swallow every
-    SoftTimeout; sleep ``seconds`` in all. Only SIGKILL stops it early."""
-    from workers.loop import SoftTimeout
-
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            time.sleep(left)
-        except SoftTimeout:
-            continue
-    return seconds

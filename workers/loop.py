@@ -1,47 +1,51 @@
 """The loop that runs inside every worker process.
 
     supervisor --[Work, Work, ...]--> pipe --> run in order received
-    supervisor <--[Done, Done, ...]-- pipe <-- answer in the same order
+    supervisor <--[Done] [Done] ...-- pipe <-- each result as its task ends
 
 Answering in order is what lets the supervisor account for a crash: the
-oldest unanswered task is the one that was running. Results are flushed as
-soon as the batch in hand is finished, or earlier when a task took long
-enough that holding its result back would cost latency.
+oldest unanswered task is the one that was running. A result leaves as
+soon as its task ends, before the next task starts: a finished result held
+behind a long task would wait for it (and could be charged for its
+deadline or its crash). Batching happens on the other hops (the supervisor
+sends many tasks at once; it reads every result waiting in the pipe in one
+wake-up).
+
+Two shared values (see workerproc.py) say what runs: the key of the task
+started and its start time on CLOCK_MONOTONIC, which is system-wide on
+Linux, so the supervisor can compare it with its own ``time.monotonic()``.
+The key is 0 between tasks, once the last result has been written.
 
 The worker decodes arguments and encodes results; the supervisor only ever
 sees the bytes. Exceptions a task raises become failed results; only a
-process death is a crash.
+process death is a crash. Nothing leaves that the supervisor cannot decode
+(workers/outcome.py).
 """
 
 from __future__ import annotations
 
 import faulthandler
 import os
+import select
 import signal
+import struct
 import sys
 import time
-import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 import msgspec
 
 from supervisor.protocol import Batch, Done, Hello, Work, encoder, error_map
-from workers import registry
+from workers import outcome, registry
 
-# The worker's end of its pipe to the supervisor (for workers.builtin:sabotage).
+# The worker's end of its pipe to the supervisor (for workers.testing:sabotage).
 PIPE_FD = -1
-
-# Results held back at most this long while later tasks of a batch run.
-FLUSH_AFTER = 0.001
 
 _work_decoder = msgspec.msgpack.Decoder(list[Work])
 _args_decoder = msgspec.msgpack.Decoder(list[Any])
 _kwargs_decoder = msgspec.msgpack.Decoder(dict[str, Any])
-
-
-def _failure(type_: str, message: str, tb: str | None = None) -> msgspec.Raw:
-    return msgspec.Raw(encoder.encode(error_map(type_, message, tb)))
 
 
 class SoftTimeout(Exception):
@@ -70,16 +74,22 @@ def _run_chunk(fn: registry.TaskFn, items: list[Any], kwargs: dict[str, Any]) ->
             out.extend([False, failure] for _ in items[n:])
             break
         except Exception as exc:  # noqa: BLE001 - an item's error is its outcome
-            out.append([False, error_map(type(exc).__name__, str(exc), traceback.format_exc())])
+            out.append([False, outcome.exception_map(exc)])
     return out
 
 
 def run_one(
-    work: Work, tasks: dict[str, registry.TaskFn], max_result_bytes: int
+    work: Work, tasks: dict[str, registry.TaskFn], max_result_bytes: int,
+    import_errors: dict[str, str] | None = None,
 ) -> Done:
     fn = tasks.get(work.task)
     if fn is None:
-        return Done(work.key, False, _failure("UnknownTask", f"no task named {work.task!r}"))
+        module = registry.module_of(work.task)
+        why = (import_errors or {}).get(module)
+        message = f"no task named {work.task!r}"
+        if why:
+            message += f" (module {module!r} failed to import: {why})"
+        return Done(work.key, False, outcome.failure("UnknownTask", message))
     try:
         args = _args_decoder.decode(work.args) if work.args else []
         kwargs = _kwargs_decoder.decode(work.kwargs) if work.kwargs else {}
@@ -88,7 +98,7 @@ def run_one(
         # refuses in them lands here: bad input, not a crash. That includes
         # RecursionError (nesting deeper than it decodes) and
         # UnicodeDecodeError (a str that is not UTF-8).
-        return Done(work.key, False, _failure("BadRequest", f"arguments: {exc}"))
+        return Done(work.key, False, outcome.failure("BadRequest", f"arguments: {exc}"))
     soft = work.soft_timeout
     try:
         if soft > 0:
@@ -102,54 +112,59 @@ def run_one(
             if soft > 0:
                 signal.setitimer(signal.ITIMER_REAL, 0)
     except Exception as exc:  # noqa: BLE001 - any error a task raises is its result
-        return Done(
-            work.key,
-            False,
-            _failure(type(exc).__name__, str(exc), traceback.format_exc()),
-        )
-    try:
-        encoded = encoder.encode(value)
-    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        return Done(work.key, False, _failure("Unserializable", f"result: {exc}"))
-    if len(encoded) > max_result_bytes:
-        return Done(
-            work.key,
-            False,
-            _failure("TooLarge", f"result is {len(encoded)} bytes, limit {max_result_bytes}"),
-        )
-    return Done(work.key, True, msgspec.Raw(encoded))
+        return Done(work.key, False, outcome.exception_failure(exc))
+    ok, raw = outcome.encode_result(value, max_result_bytes)
+    return Done(work.key, ok, raw)
+
+
+def _sender(conn: Connection) -> Callable[[bytes], None]:
+    """``conn.send_bytes``, with a fast path for the common small frame.
+
+    One result per message makes the per-message cost count: a frame of at
+    most PIPE_BUF bytes goes out as one os.write, which a blocking pipe
+    performs whole (atomic), skipping Connection's checks and copies. The
+    framing is multiprocessing's, so the daemon reads both alike.
+    """
+    fd = conn.fileno()
+    slow = conn.send_bytes
+    pack = struct.Struct("!i").pack
+    write = os.write
+    small = select.PIPE_BUF - 4
+
+    def send(payload: bytes) -> None:
+        if len(payload) <= small:
+            write(fd, pack(len(payload)) + payload)
+        else:
+            slow(payload)
+
+    return send
 
 
 def serve(conn: Connection, tasks: dict[str, registry.TaskFn], max_result_bytes: int,
-          running: Any = None) -> None:
-    """Run batches until the pipe closes.
+          running: Any = None, started: Any = None,
+          import_errors: dict[str, str] | None = None) -> None:
+    """Run batches until the pipe closes, sending each result as its task ends.
 
-    ``running`` (shared memory, see workerproc.py) is set to each task's key
-    before it runs. Results are held back up to FLUSH_AFTER, so when this
-    process dies the oldest unanswered task is not necessarily the one that
-    killed it; ``running`` tells the supervisor which one was.
+    ``running``/``started`` (shared memory, see workerproc.py) hold the key
+    and start time of the task being run: the start time is written first
+    and the key last, so a reader that sees a key sees a start time at
+    least as new as that task's.
     """
-    send = conn.send_bytes
+    send = _sender(conn)
     monotonic = time.monotonic
     while True:
         try:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return  # supervisor closed our pipe: stop quietly
-        batch = _work_decoder.decode(data)
-        out: list[Done] = []
-        flushed_at = monotonic()
-        for work in batch:
+        for work in _work_decoder.decode(data):
             if running is not None:
+                started.value = monotonic()
                 running.value = work.key
-            out.append(run_one(work, tasks, max_result_bytes))
-            now = monotonic()
-            if now - flushed_at >= FLUSH_AFTER:
-                send(encoder.encode(Batch(out)))
-                out = []
-                flushed_at = now
-        if out:
-            send(encoder.encode(Batch(out)))
+            done = run_one(work, tasks, max_result_bytes, import_errors)
+            send(encoder.encode(Batch([done])))
+            if running is not None:
+                running.value = 0
 
 
 def _capture(stdout: Connection | None, stderr: Connection | None) -> None:
@@ -173,8 +188,11 @@ def _capture(stdout: Connection | None, stderr: Connection | None) -> None:
 
 def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
          stdout: Connection | None = None, stderr: Connection | None = None,
-         running: Any = None) -> None:
-    """Entry point of a worker process (target of multiprocessing.Process)."""
+         running: Any = None, started: Any = None, path: list[str] | None = None) -> None:
+    """Entry point of a worker process (target of multiprocessing.Process).
+
+    ``path``: folders put at the front of ``sys.path`` before the allowed
+    modules are imported (config ``tasks.path``)."""
     _capture(stdout, stderr)
     # Own process group: the supervisor stops a worker and everything the
     # worker's tasks started with one killpg.
@@ -196,10 +214,14 @@ def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
     sys.setrecursionlimit(sys.getrecursionlimit() + 100)
     global PIPE_FD
     PIPE_FD = conn.fileno()
+    for folder in reversed(path or []):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     tasks, errors = registry.load(allow)
-    conn.send_bytes(encoder.encode(Hello(os.getpid(), sorted(tasks), errors)))
+    hello = Hello(os.getpid(), sorted(tasks), registry.describe_errors(errors))
+    conn.send_bytes(encoder.encode(hello))
     try:
-        serve(conn, tasks, max_result_bytes, running)
+        serve(conn, tasks, max_result_bytes, running, started, errors)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

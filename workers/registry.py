@@ -33,16 +33,31 @@ def module_tasks(module_name: str) -> dict[str, TaskFn]:
     return found
 
 
-def load(allow: Iterable[str]) -> tuple[dict[str, TaskFn], list[str]]:
-    """Import every allowed module; return (tasks by name, import errors)."""
+def load(allow: Iterable[str]) -> tuple[dict[str, TaskFn], dict[str, str]]:
+    """Import every allowed module; return (tasks by name, import errors by
+    module: "ExceptionType: message")."""
     tasks: dict[str, TaskFn] = {}
-    errors: list[str] = []
+    errors: dict[str, str] = {}
     for module_name in allow:
         try:
             tasks.update(module_tasks(module_name))
         except Exception as exc:  # noqa: BLE001 - a broken user module must not kill the worker
-            errors.append(f"{module_name}: {type(exc).__name__}: {exc}")
+            errors[module_name] = f"{type(exc).__name__}: {_one_line(exc)}"
     return tasks, errors
+
+
+def _one_line(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a module's own exception type may be broken
+        text = "<str() failed>"
+    text = " ".join(text.split())
+    return text if len(text) <= 2000 else text[:2000] + " [cut]"
+
+
+def describe_errors(errors: dict[str, str]) -> list[str]:
+    """One line per module that failed: "module: ExceptionType: message"."""
+    return [f"{module}: {why}" for module, why in errors.items()]
 
 
 def module_of(task_name: str) -> str:

@@ -24,6 +24,7 @@ from supervisor.daemon.zmqio import has_input
 from supervisor.errors import (
     BadRequest,
     IdConflict,
+    LimitExceeded,
     NotAllowed,
     Overloaded,
     Paused,
@@ -139,6 +140,10 @@ def name_refusal(d: Daemon, name: str) -> RequestError | None:
     if module not in d.pool.allow:
         return NotAllowed(f"module {module!r} is not in tasks.allow")
     if d.pool.known_tasks:  # once a worker has listed what it can run
+        why = d.pool.import_errors.get(module)
+        if why:
+            return UnknownTask(f"no task named {name!r}: module {module!r} failed to import "
+                               f"in the workers: {why}")
         return UnknownTask(f"no task named {name!r}")
     return None
 
@@ -165,6 +170,11 @@ def check(d: Daemon, spec: TaskIn) -> RequestError | None:
         return BadRequest("soft_timeout must be a number >= 0")
     table = d.pool.table
     limits = d.cfg.tasks
+    if spec.max_attempts is not None and spec.max_attempts > limits.max_attempts_limit:
+        return LimitExceeded(
+            f"max_attempts {spec.max_attempts} is over tasks.max_attempts_limit "
+            f"({limits.max_attempts_limit})"
+        )
     if len(table) >= limits.max_pending:
         return Overloaded(f"{len(table)} tasks pending, limit {limits.max_pending}")
     if table.pending_bytes >= limits.max_pending_bytes:

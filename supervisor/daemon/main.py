@@ -31,6 +31,47 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+PROBE_TIMEOUT = 60.0  # seconds the allowed modules may take to import
+
+
+def probe_modules(cfg: config.Config) -> list[str]:
+    """Import ``tasks.allow`` in a child process, as a worker would (same
+    tasks.path); return the task names. ConfigError names every module that
+    failed to import and why, or says the import did not finish in time."""
+    import multiprocessing
+
+    from workers import probe
+
+    ctx = multiprocessing.get_context("spawn")  # a clean interpreter, like a worker's
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=probe.main, args=(child, list(cfg.tasks.allow), cfg.task_path),
+                       name="phalanx-probe")
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(PROBE_TIMEOUT):
+            raise ConfigError(f"{cfg.source}: tasks.allow: importing the allowed modules "
+                              f"did not finish within {PROBE_TIMEOUT:g}s")
+        try:
+            tasks, errors = parent.recv()
+        except EOFError:
+            proc.join(5)
+            raise ConfigError(f"{cfg.source}: tasks.allow: the process importing the allowed "
+                              f"modules died (exit code {proc.exitcode})") from None
+    finally:
+        parent.close()
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+    if errors:
+        where = ", ".join(cfg.task_path) or "the default sys.path"
+        lines = "; ".join(f"{module}: {why}" for module, why in errors.items())
+        raise ConfigError(f"{cfg.source}: tasks.allow: failed to import {lines} "
+                          f"(task modules are imported from tasks.path: {where}, then sys.path)")
+    return list(tasks)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.check_config:
@@ -39,7 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"phalanxd: invalid config: {exc}", file=sys.stderr)
             return EXIT_CONFIG
-        print(f"{args.check_config}: ok ({cfg.worker_count} workers, intake {cfg.endpoints.intake})")
+        try:
+            tasks = probe_modules(cfg)
+        except ConfigError as exc:
+            print(f"phalanxd: invalid config: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        print(f"{args.check_config}: ok ({cfg.worker_count} workers, intake "
+              f"{cfg.endpoints.intake}, {len(tasks)} tasks from {len(cfg.tasks.allow)} modules)")
         return EXIT_OK
     try:
         cfg = config.load(args.config)

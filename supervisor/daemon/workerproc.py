@@ -55,21 +55,26 @@ class WorkerHandle:
         self._ps: psutil.Process | None = None
         self.fs_generation = 0  # which forkserver it came from (see renew_forkserver)
         self._running: Any = None  # shared c_longlong set by spawn()
+        self._started: Any = None  # shared c_double set by spawn()
 
     @classmethod
     def spawn(
-        cls, ctx: BaseContext, slot: int, allow: list[str], max_bytes: int
+        cls, ctx: BaseContext, slot: int, allow: list[str], max_bytes: int,
+        path: list[str] | None = None,
     ) -> WorkerHandle:
         parent, child = ctx.Pipe(duplex=True)
         out_r, out_w = ctx.Pipe(duplex=False)
         err_r, err_w = ctx.Pipe(duplex=False)
-        # Key of the task the worker last started, in shared memory so it
-        # survives the worker's death: results travel in batches, so the
-        # oldest unanswered task need not be the one that was running.
+        # Key of the task the worker is running (0: none) and when it
+        # started (time.monotonic(): CLOCK_MONOTONIC is one clock for every
+        # process on Linux), in shared memory so they survive the worker's
+        # death and can be read while it is busy: deadlines and crash
+        # charges go to the task actually running, not the oldest held.
         running = ctx.RawValue("q", 0)
+        started = ctx.RawValue("d", 0.0)
         proc = ctx.Process(  # type: ignore[attr-defined]
             target=loop.main,
-            args=(child, slot, allow, max_bytes, out_w, err_w, running),
+            args=(child, slot, allow, max_bytes, out_w, err_w, running, started, path or []),
             name=f"phalanx-worker-{slot}",
             daemon=False,
         )
@@ -85,19 +90,34 @@ class WorkerHandle:
         # Frames carry results up to max_bytes plus their envelope.
         handle = cls(proc, parent, max_bytes + 64 * 1024, {"stdout": out_r, "stderr": err_r})
         handle._running = running
+        handle._started = started
         return handle
 
     def running_key(self) -> int | None:
-        """Key of the task the worker last started: 0 if it started none
-        (task keys start at 1), None if unknown."""
+        """Key of the task the worker is running: 0 if none (between tasks;
+        task keys start at 1), None if unknown."""
         if self._running is None:
             return None
         return int(self._running.value)
 
     def running(self) -> tuple[int | None, float]:
-        """(key, start) of the task the worker is running; start is NaN
-        when the worker does not report it (the Pool then estimates)."""
-        return self.running_key(), math.nan
+        """(key, started_at) of the task the worker is running; (None, NaN)
+        if unknown. key 0: none is running (started_at is then meaningless).
+        started_at is on this process's ``time.monotonic()`` clock.
+
+        The worker writes the start time before the key; reading the key on
+        both sides of the start time and retrying on a change means the
+        time returned is never older than the key's task's start (at worst,
+        briefly newer: the next task's, whose key is not yet written).
+        """
+        if self._running is None:
+            return None, math.nan
+        for _ in range(8):
+            key = int(self._running.value)
+            started = float(self._started.value)
+            if int(self._running.value) == key:
+                return key, started
+        return key, started
 
     @property
     def pipe_open(self) -> bool:

@@ -42,6 +42,7 @@ import os
 import random
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -69,10 +70,11 @@ POISON_MODES = ("kill", "segv", "abort", "exit")
 WINDOW = 5000  # tasks in flight at once: enough to keep workers busy
 CHUNK = 1000
 BUILTIN = "workers.builtin"
+TESTING = "workers.testing"  # crash: not in the default allowlist, on purpose
 
 
 def default_config_path() -> Path:
-    return Path(supervisor.__file__).resolve().parent.parent / "config" / "phalanx.toml"
+    return Path(supervisor.__file__).resolve().parent.parent / "config" / "demo.toml"
 
 
 # ===================================================================== tasks
@@ -108,7 +110,7 @@ def stream(client: Client, tally: Tally, n: int, rng: random.Random, deadline: f
             for i in range(next_task, end):
                 for mode in poison_at.pop(i, ()):
                     poison.append((len(tally.futures), mode))
-                    tally.add(client.submit(f"{BUILTIN}:crash", mode), None)
+                    tally.add(client.submit(f"{TESTING}:crash", mode), None)
                 name, args = make_task(i, rng)
                 tally.add(client.submit(f"{BUILTIN}:{name}", *args),
                           args[0] if name == "echo" else None)
@@ -143,11 +145,19 @@ def terminate_means_interrupt() -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     config_path: Path | None = Path(args.config) if args.config else default_config_path()
     if args.config is None and not default_config_path().exists():
-        config_path = None  # not a source checkout: the built-in defaults are the same
+        # Not a source checkout: the built-in defaults plus the demo's tasks.
+        config_path = Path(tempfile.mkdtemp(prefix="pxdemo")) / "demo.toml"
+        config_path.write_text(f'[tasks]\nallow = ["{BUILTIN}", "{TESTING}"]\n')
     try:
         cfg = config_mod.load(config_path)
     except ConfigError as exc:
         print(f"demo: invalid config: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
+    missing = [m for m in (BUILTIN, TESTING) if m not in cfg.tasks.allow]
+    if missing:
+        print(f"demo: {config_path}: tasks.allow must list {', '.join(missing)} "
+              f"(the demo's poison tasks are {TESTING}:crash); see config/demo.toml",
+              file=sys.stderr)
         return EXIT_CANNOT_START
     problems = endpoint_problems(cfg)
     if problems:

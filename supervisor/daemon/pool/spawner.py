@@ -51,7 +51,8 @@ class ProcessSpawner:
                 *allow, *self.cfg.workers.preload]
 
     def spawn(self, index: int, allow: list[str]) -> Handle:
-        handle = WorkerHandle.spawn(self.mp, index, allow, self.cfg.tasks.max_message_bytes)
+        handle = WorkerHandle.spawn(self.mp, index, allow, self.cfg.tasks.max_message_bytes,
+                                    path=self.cfg.task_path)
         handle.fs_generation = self.generation
         self._live[handle.pid] = self.generation
         return handle

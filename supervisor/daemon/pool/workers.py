@@ -150,8 +150,9 @@ class WorkerIO:
         s.known_tasks.update(hello.tasks)
         for error in hello.errors:
             log.error("task_module_import_failed", slot=slot.index, error=error)
-            module = error.partition(":")[0]
-            s.import_errors[module] = error
+        # "module: why" per module that failed: UnknownTask names it. Each
+        # hello replaces the map, so a module fixed by a reload clears it.
+        s.import_errors = {e.partition(": ")[0]: e.partition(": ")[2] for e in hello.errors}
         log.info("worker_started", slot=slot.index, pid=hello.pid, generation=slot.generation)
         s.events.event("worker.started", slot=slot.index, pid=hello.pid,
                        generation=slot.generation)

@@ -1,0 +1,75 @@
+"""``python -m bench.poison_storm``: healthy work among poison tasks.
+
+40 ``crash("kill")`` tasks mixed into 5,000 ``echo`` tasks on 2 workers,
+against the same 5,000 echoes alone, one run each on the same daemon. For
+each healthy task: the time from submission to result. Reported: the
+healthy tasks' extra wait (p50, p99, max of the mix minus the clean run's),
+the total time of each run, and how every poison task ended.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from bench.harness import PhalanxUnderTest, say
+from supervisor.client import Client, TaskError
+
+ECHO = "workers.builtin:echo"
+CRASH = "workers.testing:crash"
+HEALTHY, POISON = 5000, 40
+
+
+def _run(client: Client, poison: bool) -> tuple[list[float], float, dict[str, int]]:
+    futures = []
+    outcomes: dict[str, int] = {}
+    t0 = time.perf_counter()
+    for i in range(HEALTHY):
+        if poison and i % (HEALTHY // POISON) == 0:
+            futures.append((False, 0.0, client.submit(CRASH, "kill")))
+        futures.append((True, time.perf_counter(), client.submit(ECHO, i)))
+    waits: list[float] = []
+    for healthy, at, fut in futures:
+        if healthy:
+            fut.result(timeout=300)
+            waits.append(time.perf_counter() - at)  # bounded by when we looked: an upper bound
+        else:
+            try:
+                fut.result(timeout=300)
+                outcomes["ok"] = outcomes.get("ok", 0) + 1
+            except TaskError as err:
+                outcomes[err.type] = outcomes.get(err.type, 0) + 1
+    return sorted(waits), time.perf_counter() - t0, outcomes
+
+
+def _q(xs: list[float], q: float) -> float:
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def main() -> int:
+    with PhalanxUnderTest() as d, Client(d.intake) as client:
+        client.ping()
+        _run(client, poison=False)  # warm-up
+        clean, clean_total, _ = _run(client, poison=False)
+        mix, mix_total, outcomes = _run(client, poison=True)
+        status = d.ctl().status()
+    out = {
+        "healthy_tasks": HEALTHY, "poison_tasks": POISON, "workers": 2,
+        "clean_total_s": round(clean_total, 3), "mix_total_s": round(mix_total, 3),
+        "healthy_wait_ms": {
+            "clean": {"p50": _q(clean, 0.5) * 1e3, "p99": _q(clean, 0.99) * 1e3},
+            "mix": {"p50": _q(mix, 0.5) * 1e3, "p99": _q(mix, 0.99) * 1e3, "max": mix[-1] * 1e3},
+        },
+        "extra_wait_ms": {"p50": (_q(mix, 0.5) - _q(clean, 0.5)) * 1e3,
+                          "p99": (_q(mix, 0.99) - _q(clean, 0.99)) * 1e3},
+        "poison_outcomes": outcomes,
+        "slot_states_after": [s["state"] for s in status],
+    }
+    say(json.dumps(out, indent=1))
+    print(json.dumps(out))
+    return 0 if outcomes == {"WorkerCrashed": POISON} else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
