@@ -51,6 +51,7 @@ from supervisor.daemon import intake, reaper, runtime_dir
 from supervisor.daemon.control import dispatch as control
 from supervisor.daemon.lifecycle import Lifecycle
 from supervisor.daemon.notify import Notifier
+from supervisor.daemon.observe.counters import Counters
 from supervisor.daemon.output import RingLog
 from supervisor.daemon.publisher import SNDHWM as PUBLISH_SNDHWM
 from supervisor.daemon.publisher import Publisher
@@ -118,6 +119,7 @@ class Daemon(SlotIO, Recovery, Lifecycle):
         self.task_counts: dict[str, list[int]] = {}  # name -> [succeeded, failed]
         self.latency = LatencyHistogram()
         self.rate = RateMeter()
+        self.counters = Counters()  # observe: only read through observe/snapshot.py
         self.ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self.mp = multiprocessing.get_context(cfg.workers.start_method)
 

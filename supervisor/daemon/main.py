@@ -56,8 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"phalanxd: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    from supervisor.daemon.observe.service import Observers
+
     try:
-        return daemon.run()
+        observers = Observers.start(cfg)
+    except StartupError as exc:
+        print(f"phalanxd: cannot start: {exc}", file=sys.stderr)
+        daemon.stop_now()
+        daemon.run()  # stops the workers it already started
+        return EXIT_STARTUP
+    try:
+        code = daemon.run()
+        observers.stop()
+        return code
     except Exception:  # noqa: BLE001 - whatever escaped the loop is a bug; see below
         # Returning normally would hang: at interpreter exit multiprocessing
         # joins the (non-daemonic) workers, which wait on pipes this process

@@ -18,6 +18,7 @@ import structlog
 from supervisor.core import policy
 from supervisor.core.slots import Slot, SlotState
 from supervisor.daemon import reaper
+from supervisor.daemon.observe.counters import restart_reason
 from supervisor.daemon.state import DaemonState
 from supervisor.daemon.workerproc import WorkerHandle, reap_group, stop_forkserver
 from supervisor.errors import TIMEOUT, WORKER_CRASHED, describe_exit
@@ -79,9 +80,13 @@ class Recovery(DaemonState):
             self.publisher.event("worker.stopped", slot=slot.index, pid=pid, exit=how)
             if slot.recycle and not self.stopping_workers:
                 slot.recycle = False
+                self.counters.restarted("recycle", slot.index, how)  # observe
                 self.start_slot(slot)
             return
         slot.move(S.EXITED)
+        if not self.stopping_workers:  # observe: why workers restart
+            self.counters.restarted(restart_reason(exitcode, timed_out is not None), slot.index,
+                                    f"worker {slot.index} (pid {pid}) {how}")
         log.warning("worker_exited", slot=slot.index, pid=pid, exit=how, exitcode=exitcode)
         self.publisher.event(
             "worker.exited", slot=slot.index, pid=pid, exit=how, exitcode=exitcode
@@ -99,6 +104,7 @@ class Recovery(DaemonState):
                 )
             retry = charge.retry and (kind != TIMEOUT or task.retry_timeouts)
             if retry:
+                self.counters.retried(kind, slot.index, task.name, crash_detail)  # observe
                 log.info("task_retried", id=task.id, task=task.name, attempt=task.attempts, why=crash_detail)
                 self.publisher.event(
                     "task.retried", id=task.id, task=task.name, attempts=task.attempts,
@@ -114,6 +120,7 @@ class Recovery(DaemonState):
                     message = f"{crash_detail} (attempt {task.attempts} of {task.max_attempts})"
                 if kind == WORKER_CRASHED and task.crashes >= 2:
                     self.table.quarantined += 1
+                    self.counters.quarantined(slot.index, task.name, crash_detail)  # observe
                     log.warning("task_quarantined", id=task.id, task=task.name, crashes=task.crashes)
                     self.publisher.event(
                         "task.quarantined", id=task.id, task=task.name, crashes=task.crashes, exit=how

@@ -181,6 +181,8 @@ class SlotIO(DaemonState):
         slot.observe(now, len(done))
         latency = self.latency
         counts = self.task_counts
+        ran = self.counters.ran  # observe: batch-averaged time on the worker
+        per_task = (now - slot.head_since) / len(done) if done else 0.0
         for d in done:
             task = inflight.popleft()
             if task.key != d.key:
@@ -188,6 +190,7 @@ class SlotIO(DaemonState):
                 self._pipe_broken(slot, f"result for task {d.key}, expected {task.key}")
                 return False
             latency.add(now - task.accepted_at)
+            ran(task.name, per_task)
             count = counts.get(task.name)
             if count is None:
                 count = counts[task.name] = [0, 0]
@@ -256,6 +259,7 @@ class SlotIO(DaemonState):
             tasks = table.assign(slot, n)
             if was_idle:
                 slot.head_since = now
+            self.counters.dispatched([t.accepted_at for t in tasks], now)  # observe: queue wait
             handle: WorkerHandle = slot.handle
             handle.write(
                 encoder.encode(

@@ -23,6 +23,7 @@ from supervisor.core.slots import Slot
 from supervisor.core.stats import LatencyHistogram, RateMeter
 from supervisor.core.tasks import TaskTable
 from supervisor.daemon.notify import Notifier
+from supervisor.daemon.observe.counters import Counters
 from supervisor.daemon.output import RingLog
 from supervisor.daemon.publisher import Publisher
 from supervisor.daemon.reconfig import Change
@@ -52,6 +53,7 @@ class DaemonState:
     task_counts: dict[str, list[int]]
     latency: LatencyHistogram
     rate: RateMeter
+    counters: Counters
     ctx: zmq.Context[zmq.Socket[bytes]] | None
     mp: multiprocessing.context.BaseContext
     poller: zmq.Poller
@@ -107,3 +109,4 @@ class DaemonState:
         def restart_slot(self, slot: Slot) -> None: ...
         def reread(self) -> tuple[Config, list[Change]]: ...
         def update_from_file(self) -> list[Change]: ...
+        def resize(self, target: int) -> None: ...

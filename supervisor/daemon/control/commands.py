@@ -281,6 +281,37 @@ def cmd_shutdown(d: Daemon, args: dict[str, Any]) -> Any:
     return {"draining": True, "unfinished": len(d.table)}
 
 
+def _resize_by(d: Daemon, args: dict[str, Any], sign: int) -> Any:
+    step = _int_arg(args, "n", 1)
+    assert step is not None
+    if step < 1:
+        raise BadRequest("n must be >= 1")
+    if d.draining:
+        raise BadRequest("the daemon is stopping; the pool is not resized")
+    before = sum(1 for s in d.slots if not s.retire)
+    target = before + sign * step
+    if target < 1:
+        raise BadRequest(f"the pool has {before} worker(s) and cannot shrink below one")
+    d.resize(target)
+    # Like `update` growing the pool: until the next `update` or reload
+    # re-reads workers.count from the file.
+    return {"workers": target, "was": before}
+
+
+def cmd_incr(d: Daemon, args: dict[str, Any]) -> Any:
+    return _resize_by(d, args, +1)
+
+
+def cmd_decr(d: Daemon, args: dict[str, Any]) -> Any:
+    return _resize_by(d, args, -1)
+
+
+def cmd_snapshot(d: Daemon, args: dict[str, Any]) -> Any:
+    from supervisor.daemon.observe import snapshot
+
+    return snapshot.take(d)
+
+
 def cmd_help(d: Daemon, args: dict[str, Any]) -> Any:
     return sorted(COMMANDS)
 
@@ -305,5 +336,8 @@ COMMANDS: dict[str, Handler] = {
     "update": cmd_update,
     "reload": cmd_reload,
     "shutdown": cmd_shutdown,
+    "incr": cmd_incr,
+    "decr": cmd_decr,
+    "snapshot": cmd_snapshot,
     "help": cmd_help,
 }
