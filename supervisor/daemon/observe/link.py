@@ -9,12 +9,15 @@ time, on the loop's terms. Each call waits at most ``timeout`` seconds.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import msgspec
 import zmq
 
 from supervisor.errors import RequestError
+
+SLICE_MS = 100
 
 
 class ControlUnavailable(RequestError):
@@ -38,6 +41,7 @@ class ControlLink:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._lock = threading.Lock()  # one request in flight on the one socket
         self._sock: zmq.Socket[bytes] | None = None
+        self._closed = threading.Event()
 
     def _socket(self) -> zmq.Socket[bytes]:
         if self._sock is None:
@@ -53,11 +57,18 @@ class ControlLink:
         or ControlUnavailable."""
         body = msgspec.msgpack.encode({"cmd": cmd, "args": args or {}})
         with self._lock:
+            if self._closed.is_set():
+                raise ControlUnavailable("the observer is stopping")
             sock = self._socket()
             try:
                 sock.send(body, zmq.NOBLOCK)
-                if not sock.poll(int(self.timeout * 1000)):
-                    raise ControlUnavailable(f"no answer to {cmd!r} within {self.timeout:g}s")
+                # In slices, so close() never waits long for a call to a
+                # loop that has already stopped.
+                deadline = time.monotonic() + self.timeout
+                while not sock.poll(SLICE_MS):
+                    if self._closed.is_set() or time.monotonic() >= deadline:
+                        raise ControlUnavailable(
+                            f"no answer to {cmd!r} within {self.timeout:g}s")
                 reply = sock.recv(zmq.NOBLOCK)
             except (zmq.ZMQError, ControlUnavailable) as exc:
                 # A late answer must not be taken for the next request's.
@@ -75,6 +86,7 @@ class ControlLink:
         return decoded.get("result")
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             if self._sock is not None:
                 self._sock.close(linger=0)

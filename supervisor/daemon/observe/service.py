@@ -65,6 +65,9 @@ class Observers:
         """Stop serving; every join is bounded (JOIN_TIMEOUT each)."""
         from supervisor.daemon.observe.source import SnapshotSource
 
+        for link in self._links:  # a handler waiting on the stopped loop lets go now
+            link.close()
+        self._links.clear()
         if isinstance(self._source, SnapshotSource):
             self._source.stop(JOIN_TIMEOUT)
         for server, thread in self._servers:
@@ -75,6 +78,3 @@ class Observers:
             server.server_close()  # type: ignore[attr-defined]
             thread.join(JOIN_TIMEOUT)
         self._servers.clear()
-        for link in self._links:
-            link.close()
-        self._links.clear()
