@@ -38,6 +38,7 @@ STATIC = {
     "style.css": "text/css; charset=utf-8",
     "uPlot.iife.min.js": "text/javascript; charset=utf-8",
     "uPlot.min.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 COOKIE = "phalanx_token"
 WRITE_TIMEOUT = 10.0  # a client that stops reading frees its thread after this
