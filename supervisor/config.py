@@ -127,8 +127,9 @@ class ObserveSection(_Section, frozen=True):
     # Host header values accepted besides the listen address, localhost and
     # 127.0.0.1 (against DNS rebinding), e.g. ["phalanx.example:9466"].
     allowed_hosts: list[str] = []
-    # If set, every request must carry "Authorization: Bearer <token>".
-    token: str = ""
+    # If set, every request must carry "Authorization: Bearer <token>"
+    # (RFC 6750 token68 characters, so it also fits in a cookie).
+    token: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._~+/=-]*$")] = ""
     # Concurrent HTTP connections (each event stream holds one); more get 503.
     max_clients: Annotated[int, msgspec.Meta(ge=1, le=256)] = 16
     # Unix socket path for the supervisord-compatible XML-RPC listener that
@@ -223,6 +224,11 @@ def parse(data: dict[str, Any], where: str = "<config>") -> Config:
     _check_endpoints(cfg, where)
     if cfg.observe.http and not _HOSTPORT.match(cfg.observe.http):
         raise ConfigError(f"{where}: observe.http: {cfg.observe.http!r} is not HOST:PORT")
+    if (cfg.observe.http or cfg.observe.xmlrpc) and cfg.workers.start_method == "fork":
+        # The observers are threads; a child forked while one holds a lock
+        # (logging, zmq) can deadlock before it ever runs a task.
+        raise ConfigError(f"{where}: observe: needs workers.start_method 'forkserver' or "
+                          "'spawn', not 'fork'")
     if cfg.restart.backoff_max < cfg.restart.backoff_initial:
         raise ConfigError(f"{where}: restart.backoff_max: must be >= restart.backoff_initial")
     return cfg

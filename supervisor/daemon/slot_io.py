@@ -181,8 +181,7 @@ class SlotIO(DaemonState):
         slot.observe(now, len(done))
         latency = self.latency
         counts = self.task_counts
-        ran = self.counters.ran  # observe: batch-averaged time on the worker
-        per_task = (now - slot.head_since) / len(done) if done else 0.0
+        names: dict[str, int] = {}  # observe: tasks finished per name, this batch
         for d in done:
             task = inflight.popleft()
             if task.key != d.key:
@@ -190,7 +189,7 @@ class SlotIO(DaemonState):
                 self._pipe_broken(slot, f"result for task {d.key}, expected {task.key}")
                 return False
             latency.add(now - task.accepted_at)
-            ran(task.name, per_task)
+            names[task.name] = names.get(task.name, 0) + 1
             count = counts.get(task.name)
             if count is None:
                 count = counts[task.name] = [0, 0]
@@ -203,6 +202,8 @@ class SlotIO(DaemonState):
                 slot.tasks_failed += 1
                 count[1] += 1
             self._deliver(task, result)
+        if done:  # observe: the batch's time on the worker, split evenly
+            self.counters.ran(names, (now - slot.head_since) / len(done))
         slot.head_since = now
         if slot.task_limit and slot.assigned >= slot.task_limit and not slot.recycle:
             self.recycle_slot(slot, "max_tasks_per_worker")
@@ -259,7 +260,7 @@ class SlotIO(DaemonState):
             tasks = table.assign(slot, n)
             if was_idle:
                 slot.head_since = now
-            self.counters.dispatched([t.accepted_at for t in tasks], now)  # observe: queue wait
+            self.counters.dispatched(tasks, now)  # observe: queue wait
             handle: WorkerHandle = slot.handle
             handle.write(
                 encoder.encode(

@@ -281,17 +281,23 @@ def cmd_shutdown(d: Daemon, args: dict[str, Any]) -> Any:
     return {"draining": True, "unfinished": len(d.table)}
 
 
+MAX_STEP = 64  # workers one incr/decr may add or remove
+MAX_POOL = 1024  # workers incr may grow the pool to
+
+
 def _resize_by(d: Daemon, args: dict[str, Any], sign: int) -> Any:
     step = _int_arg(args, "n", 1)
     assert step is not None
-    if step < 1:
-        raise BadRequest("n must be >= 1")
+    if not 1 <= step <= MAX_STEP:
+        raise BadRequest(f"n must be between 1 and {MAX_STEP}")
     if d.draining:
         raise BadRequest("the daemon is stopping; the pool is not resized")
     before = sum(1 for s in d.slots if not s.retire)
     target = before + sign * step
     if target < 1:
         raise BadRequest(f"the pool has {before} worker(s) and cannot shrink below one")
+    if target > MAX_POOL:
+        raise BadRequest(f"the pool cannot grow beyond {MAX_POOL} workers with incr")
     d.resize(target)
     # Like `update` growing the pool: until the next `update` or reload
     # re-reads workers.count from the file.

@@ -17,6 +17,8 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Iterable
+from typing import Protocol
 
 # Prometheus-style upper bounds (seconds), +Inf implied: from 100 us (a
 # no-op task) to 5 min (a long batch job).
@@ -29,6 +31,11 @@ OTHER = "(other)"
 RECENT = 50  # crashes, retries, quarantines kept for the status page
 
 
+class HasAcceptedAt(Protocol):
+    @property
+    def accepted_at(self) -> float: ...
+
+
 class Histogram:
     """Bucket counts (not cumulative), their sum and count."""
 
@@ -39,10 +46,10 @@ class Histogram:
         self.sum = 0.0
         self.count = 0
 
-    def add(self, seconds: float) -> None:
-        self.buckets[bisect_left(BOUNDS, seconds)] += 1
-        self.sum += seconds
-        self.count += 1
+    def add(self, seconds: float, n: int = 1) -> None:
+        self.buckets[bisect_left(BOUNDS, seconds)] += n
+        self.sum += seconds * n
+        self.count += n
 
 
 class Counters:
@@ -71,19 +78,30 @@ class Counters:
         self.refusals[reason] = self.refusals.get(reason, 0) + n
 
     # ------------------------------------------------------------ workers
-    def dispatched(self, accepted_at: list[float], now: float) -> None:
-        add = self.queue_wait.add
-        for t in accepted_at:
-            add(now - t)
+    def dispatched(self, tasks: Iterable[HasAcceptedAt], now: float) -> None:
+        hist = self.queue_wait
+        buckets = hist.buckets
+        total = 0.0
+        n = 0
+        for t in tasks:
+            wait = now - t.accepted_at
+            buckets[bisect_left(BOUNDS, wait)] += 1
+            total += wait
+            n += 1
+        hist.sum += total
+        hist.count += n
 
-    def ran(self, name: str, seconds: float) -> None:
-        hist = self.duration.get(name)
-        if hist is None:
-            key = self._name(self.duration, name)
-            hist = self.duration.get(key)
+    def ran(self, names: dict[str, int], seconds: float) -> None:
+        """``names[name]`` tasks of that name each held a worker ``seconds``."""
+        duration = self.duration
+        for name, n in names.items():
+            hist = duration.get(name)
             if hist is None:
-                hist = self.duration[key] = Histogram()
-        hist.add(seconds)
+                key = self._name(duration, name)
+                hist = duration.get(key)
+                if hist is None:
+                    hist = duration[key] = Histogram()
+            hist.add(seconds, n)
 
     def restarted(self, reason: str, slot: int, detail: str) -> None:
         self.restarts[reason] = self.restarts.get(reason, 0) + 1

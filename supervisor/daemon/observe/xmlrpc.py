@@ -10,6 +10,7 @@ control socket.
 
 from __future__ import annotations
 
+import inspect
 import os
 import select
 import socket
@@ -53,9 +54,10 @@ def dispatch(api: Api, method: str, params: tuple[Any, ...]) -> Any:
     if fn is None:
         raise Fault(Faults.UNKNOWN_METHOD, f"UNKNOWN_METHOD: {method}")
     try:
-        return fn(api, *params)
+        inspect.signature(fn).bind(api, *params)
     except TypeError:  # wrong number of arguments from the wire
         raise Fault(Faults.INCORRECT_PARAMETERS, method) from None
+    return fn(api, *params)
 
 
 class RpcServer(Bounded, socketserver.UnixStreamServer):
