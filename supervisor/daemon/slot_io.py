@@ -56,6 +56,7 @@ class SlotIO(DaemonState):
             log.error("worker_spawn_failed", slot=slot.index, error=str(exc))
             slot.move(S.EXITED)
             slot.last_exit = f"spawn failed: {exc}"
+            self.counters.restarted("spawn_failed", slot.index, slot.last_exit)  # observe
             self._after_exit(slot, now)
             return
         slot.handle = handle

@@ -81,9 +81,9 @@ def families(s: Snapshot) -> Iterator[Metric]:
         workers.add_metric([state], sum(1 for w in s.workers if w.state == state))
     yield workers
     restarts = CounterMetricFamily("phalanx_worker_restarts",
-                                   "Workers replaced, by reason (signal, exit, timeout, recycle)",
+                                   "Workers replaced, by reason (signal, exit, timeout, recycle, spawn_failed)",
                                    labels=["reason"])
-    for reason in sorted({"signal", "exit", "timeout", "recycle", *s.restarts}):
+    for reason in sorted({"signal", "exit", "timeout", "recycle", "spawn_failed", *s.restarts}):
         restarts.add_metric([reason], s.restarts.get(reason, 0))
     yield restarts
     rss = GaugeMetricFamily("phalanx_worker_resident_memory_bytes",

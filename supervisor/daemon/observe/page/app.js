@@ -29,7 +29,7 @@
     const common = { width: width, height: 200, scales: { x: { time: true } } };
     const tp = new uPlot(Object.assign({}, common, {
       series: [{}, { label: "tasks/s", stroke: "#1f77b4" }, { label: "queued", stroke: "#ff7f0e", scale: "q" }],
-      axes: [{}, {}, { scale: "q", side: 1 }],
+      axes: [{}, { size: 60 }, { scale: "q", side: 1, size: 60, grid: { show: false } }],
     }), [series.t, series.rate, series.queued], $("plot-throughput"));
     const lat = new uPlot(Object.assign({}, common, {
       series: [{}, { label: "p50 ms", stroke: "#2ca02c" }, { label: "p99 ms", stroke: "#d62728" }],
