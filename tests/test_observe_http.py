@@ -12,12 +12,14 @@ import hashlib
 import http.client
 import json
 import re
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from supervisor.daemon.observe.http import CSP, STATIC
-from tests.conftest import Daemon, StartDaemon, wait_until
+from tests.conftest import Daemon, StartDaemon, _factory, _teardown_all, short_tempdir, wait_until
 from tests.observe_util import get, http_port
 
 PAGE = Path(__file__).parent.parent / "supervisor" / "daemon" / "observe" / "page"
@@ -50,11 +52,19 @@ def test_page_has_no_inline_script_or_style() -> None:
         assert src in STATIC, src
 
 
-@pytest.fixture
-def port(start_daemon: StartDaemon) -> int:
-    d = start_daemon(observe={"http": "127.0.0.1:0", "allowed_hosts": ["phalanx.test:8080"],
-                              "max_clients": 3})
-    return http_port(d)
+@pytest.fixture(scope="module")
+def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """One daemon for the read-only tests of this module."""
+    path = short_tempdir()
+    start, started = _factory(path, tmp_path_factory.mktemp("phalanxd"))
+    try:
+        yield http_port(start(observe={"http": "127.0.0.1:0", "max_clients": 3,
+                                       "allowed_hosts": ["phalanx.test:8080"]}))
+    finally:
+        try:
+            _teardown_all(started)
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def test_page_and_assets_are_served_with_a_strict_csp(port: int) -> None:
@@ -123,13 +133,24 @@ def test_event_stream_sends_history_then_a_snapshot_a_second(port: int) -> None:
 
 
 def test_connections_beyond_max_clients_get_503(port: int) -> None:
-    streams = []
+    # The response owns the socket of a Connection: close reply; keep it, or
+    # collecting it would hang up.
+    streams: list[http.client.HTTPResponse] = []
+
+    def open_stream() -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/events", headers={"Host": f"127.0.0.1:{port}"})
+        resp = conn.getresponse()
+        if resp.status != 200:  # an earlier test's stream not yet noticed gone
+            resp.close()
+            conn.close()
+            return False
+        streams.append(resp)
+        return True
+
     try:
         for _ in range(3):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            conn.request("GET", "/events", headers={"Host": f"127.0.0.1:{port}"})
-            assert conn.getresponse().status == 200
-            streams.append(conn)
+            wait_until(open_stream, 15, interval=0.2)
         assert get(port, "/metrics")[0] == 503
     finally:
         for conn in streams:
