@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.daemon.observe.http import CSP, STATIC
+from supervisor.daemon.observe.web import CSP, STATIC
 from tests.conftest import Daemon, StartDaemon, _factory, _teardown_all, short_tempdir, wait_until
 from tests.observe_util import get, http_port
 
@@ -77,7 +77,7 @@ def test_page_and_assets_are_served_with_a_strict_csp(port: int) -> None:
         status, headers, body = get(port, f"/static/{name}")
         assert status == 200 and headers["content-type"] == ctype
         assert body == (PAGE / name).read_bytes()
-    assert get(port, "/static/../http.py")[0] == 404
+    assert get(port, "/static/../web.py")[0] == 404
     assert get(port, "/static/index.html")[0] == 404
 
 

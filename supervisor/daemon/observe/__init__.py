@@ -8,11 +8,11 @@ RUNNING) would each add code and latency to every turn. Instead the
 observers are plain stdlib threading servers that talk to the daemon only
 through its control socket, exactly as phalanxctl does::
 
-    browser / Prometheus --HTTP--> http.py ----+
-                                   sse.py      |  source.py: sampler thread,
-    supervisorctl --XML-RPC/unix--> xmlrpc.py  |  one `snapshot` a second
-                          supervisorapi.py     |
-                                               v
+    browser / Prometheus --HTTP--> web.py ----------+
+                                   sse.py           |  source.py: sampler thread,
+    supervisorctl --XML-RPC/unix--> rpcserver.py    |  one `snapshot` a second
+                                    supervisorapi.py|
+                                                    v
                          link.py: DEALER --> control socket --> loop
                                                      |
                          control command `snapshot` -> snapshot.take(daemon)

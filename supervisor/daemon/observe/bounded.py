@@ -1,6 +1,6 @@
 """A thread per connection, at most ``slots`` of them.
 
-The observers' servers (http.py, xmlrpc.py) are stdlib threading servers:
+The observers' servers (web.py, rpcserver.py) are stdlib threading servers:
 simple, and far from the loop's thread. An event stream or ``tail -f``
 holds its thread for as long as the client stays, so the number of
 connections is bounded; the rest get a 503 at once and cost nothing.

@@ -43,23 +43,23 @@ class Observers:
         return link
 
     def _start_http(self, cfg: Config) -> None:
-        from supervisor.daemon.observe import http
+        from supervisor.daemon.observe import web
         from supervisor.daemon.observe.source import SnapshotSource
 
         source = SnapshotSource(self._link(cfg))
         self._source = source
-        server = http.ObserveServer(cfg.observe, source)
+        server = web.ObserveServer(cfg.observe, source)
         source.start()
-        self._servers.append((server, http.serve(server)))
+        self._servers.append((server, web.serve(server)))
 
     def _start_xmlrpc(self, cfg: Config) -> None:
-        from supervisor.daemon.observe import xmlrpc
+        from supervisor.daemon.observe import rpcserver
         from supervisor.daemon.observe.supervisorapi import Api
 
         wait = cfg.restart.start_timeout + cfg.shutdown.grace + cfg.shutdown.stop_timeout
         api = Api(self._link(cfg), wait_limit=wait)
-        server = xmlrpc.RpcServer(cfg.observe.xmlrpc, api, cfg.observe.max_clients)
-        self._servers.append((server, xmlrpc.serve(server)))
+        server = rpcserver.RpcServer(cfg.observe.xmlrpc, api, cfg.observe.max_clients)
+        self._servers.append((server, rpcserver.serve(server)))
 
     def stop(self) -> None:
         """Stop serving; every join is bounded (JOIN_TIMEOUT each)."""
