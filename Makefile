@@ -33,7 +33,7 @@ browser:
 		:; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			chromium chromium-driver; \
 	else \
 		echo "note: chromium/chromium-driver missing and not root: browser tests will skip"; \

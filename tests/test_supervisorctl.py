@@ -186,3 +186,14 @@ def test_shutdown(ctl_path: Path, start_daemon: StartDaemon, ipc_dir: Path) -> N
     assert ctl(ctl_path, d, "shutdown") == (0, "Shut down\n")
     assert d.wait_exit(20) == 0
     assert not Path(sock(d)).exists()
+
+
+def test_a_listener_that_cannot_bind_stops_the_daemon_cleanly(start_daemon: StartDaemon,
+                                                              ipc_dir: Path) -> None:
+    """Exit 3 (start-up failure) naming the listener, workers stopped, no
+    process left behind (teardown checks)."""
+    d = start_daemon(wait=False, observe={"xmlrpc": str(ipc_dir / "no-such-dir" / "s.sock")})
+    assert d.wait_exit(30) == 3
+    d.expected_exit = None
+    assert (f"cannot start observe listener observe.xmlrpc {ipc_dir}/no-such-dir/s.sock: "
+            "No such file or directory") in d.log

@@ -27,14 +27,18 @@ class Observers:
         ob = cfg.observe
         if not (ob.http or ob.xmlrpc):
             return self
+        what = ""
         try:
             if ob.http:
+                what = f"observe.http {ob.http}"
                 self._start_http(cfg)
             if ob.xmlrpc:
+                what = f"observe.xmlrpc {ob.xmlrpc}"
                 self._start_xmlrpc(cfg)
         except OSError as exc:
             self.stop()
-            raise StartupError(f"cannot start observe listener: {exc}") from None
+            raise StartupError(f"cannot start observe listener {what}: "
+                               f"{exc.strerror or exc}") from None
         return self
 
     def _link(self, cfg: Config) -> ControlLink:
