@@ -18,8 +18,31 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m supervisor.demo
 
-test: $(STAMP)
+test: $(STAMP) test-deps
 	$(PY) -m pytest
+
+# What the tests drive besides our code: Debian's chromium and its driver
+# for the status page (installed only when missing and we are root, as in
+# CI; otherwise those tests skip and say why), and the stock supervisorctl
+# in a venv of its own (its import name, `supervisor`, is ours too).
+.PHONY: test-deps browser supervisorctl
+test-deps: browser supervisorctl
+
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver; \
+	else \
+		echo "note: chromium/chromium-driver missing and not root: browser tests will skip"; \
+	fi
+
+supervisorctl: $(VENV)/supervisorctl/bin/supervisorctl
+
+$(VENV)/supervisorctl/bin/supervisorctl: $(STAMP)
+	$(PY) -m tests.supervisorctl_venv
 
 bench: $(STAMP)
 	$(PY) -m bench.run

@@ -137,6 +137,24 @@ class OutputSection(_Section, frozen=True):
     backups: NonNegInt = 5
 
 
+class ObserveSection(_Section, frozen=True):
+    # Off unless set. "HOST:PORT" for the HTTP listener serving /metrics
+    # (Prometheus) and the read-only status page; loopback unless you say
+    # otherwise (port 0 picks a free port, logged as observe_http_listening).
+    http: str = ""
+    # Host header values accepted besides the listen address, localhost and
+    # 127.0.0.1 (against DNS rebinding), e.g. ["phalanx.example:9466"].
+    allowed_hosts: list[str] = []
+    # If set, every request must carry "Authorization: Bearer <token>"
+    # (RFC 6750 token68 characters, so it also fits in a cookie).
+    token: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._~+/=-]*$")] = ""
+    # Concurrent HTTP connections (each event stream holds one); more get 503.
+    max_clients: Annotated[int, msgspec.Meta(ge=1, le=256)] = 16
+    # Unix socket path for the supervisord-compatible XML-RPC listener that
+    # the stock supervisorctl drives (created 0600); empty: off.
+    xmlrpc: str = ""
+
+
 class Config(_Section, frozen=True):
     daemon: DaemonSection = DaemonSection()
     workers: WorkersSection = WorkersSection()
@@ -145,6 +163,7 @@ class Config(_Section, frozen=True):
     restart: RestartSection = RestartSection()
     shutdown: ShutdownSection = ShutdownSection()
     output: OutputSection = OutputSection()
+    observe: ObserveSection = ObserveSection()
     source: str = ""  # file it came from; not a TOML key users set
 
     @property
@@ -222,6 +241,9 @@ def _check_endpoints(cfg: Config, where: str) -> None:
             )
 
 
+_HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
+
+
 def _dotted(path: str) -> str:
     # msgspec reports "$.workers.count" or "$.tasks.allow[2]"
     return path.removeprefix("$.").removeprefix("$") or "(top level)"
@@ -260,6 +282,13 @@ def parse(data: dict[str, Any], where: str = "<config>") -> Config:
             f"{where}: tasks.max_attempts: {cfg.tasks.max_attempts} is over "
             f"tasks.max_attempts_limit ({cfg.tasks.max_attempts_limit})"
         )
+    if cfg.observe.http and not _HOSTPORT.match(cfg.observe.http):
+        raise ConfigError(f"{where}: observe.http: {cfg.observe.http!r} is not HOST:PORT")
+    if (cfg.observe.http or cfg.observe.xmlrpc) and cfg.workers.start_method == "fork":
+        # The observers are threads; a child forked while one holds a lock
+        # (logging, zmq) can deadlock before it ever runs a task.
+        raise ConfigError(f"{where}: observe: needs workers.start_method 'forkserver' or "
+                          "'spawn', not 'fork'")
     if cfg.restart.backoff_max < cfg.restart.backoff_initial:
         raise ConfigError(f"{where}: restart.backoff_max: must be >= restart.backoff_initial")
     return cfg

@@ -356,3 +356,35 @@ def test_default_allowlist_holds_no_hostile_tasks_and_the_demo_config_adds_them(
     assert Config().tasks.allow == ["workers.builtin"]
     demo = config.load(EXAMPLE.with_name("demo.toml"))
     assert demo.tasks.allow == ["workers.builtin", "workers.testing"]
+
+
+def test_observe_is_off_by_default() -> None:
+    cfg = config.load(None)
+    assert (cfg.observe.http, cfg.observe.xmlrpc, cfg.observe.token) == ("", "", "")
+
+
+@pytest.mark.parametrize("value", ["localhost", "127.0.0.1:", ":9466", "http://127.0.0.1:9466",
+                                   "127.0.0.1:9466/x", "a b:1"])
+def test_observe_http_must_be_host_port(value: str) -> None:
+    assert parse_error({"observe": {"http": value}}).startswith("observe.http: ")
+
+
+def test_observe_token_must_fit_a_header_and_a_cookie() -> None:
+    assert parse_error({"observe": {"token": "a b;c"}}).startswith("observe.token: ")
+    assert config.parse({"observe": {"token": "AbC.1-2_3~+/="}}).observe.token == "AbC.1-2_3~+/="
+
+
+def test_observe_refuses_the_fork_start_method() -> None:
+    message = parse_error({"observe": {"http": "127.0.0.1:0"}, "workers": {"start_method": "fork"}})
+    assert message.startswith("observe: ") and "'fork'" in message
+    assert config.parse({"observe": {"xmlrpc": "/tmp/x.sock"}}).observe.xmlrpc == "/tmp/x.sock"
+
+
+def test_observe_changes_need_a_daemon_restart() -> None:
+    from supervisor.daemon import reconfig
+
+    old = config.parse({"observe": {"http": "127.0.0.1:9466"}})
+    new = config.parse({"observe": {"http": "127.0.0.1:9467", "token": "t"}})
+    assert {(c.key, c.how) for c in reconfig.diff(old, new)} == {
+        ("observe.http", "daemon"), ("observe.token", "daemon")}
+    assert reconfig.effective(old, new).observe == old.observe

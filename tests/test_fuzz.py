@@ -53,9 +53,9 @@ KNOWN = {f"workers.builtin:{n}" for n in builtin.__all__} | {f"workers.testing:{
 # the fuzz depends on): fuzzing `stop`, `shutdown` or `pause` with random
 # arguments would only test that they work.
 SAFE_COMMANDS = ["status", "pid", "tail", "maintail", "stats", "version", "config", "avail",
-                 "help", "clear", "start"]
+                 "help", "clear", "start", "snapshot"]
 UNSAFE_COMMANDS = {"stop", "restart", "signal", "pause", "resume", "reread", "update", "reload",
-                   "shutdown"}
+                   "shutdown", "incr", "decr"}
 
 
 # ----------------------------------------------------------------- fixtures

@@ -113,6 +113,19 @@ def _shutdown_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-y", "--yes", action="store_true", help="do not ask (interactive shell)")
 
 
+def _resize_command(cmd: str) -> Run:
+    def run(ctl: Ctl, ns: argparse.Namespace) -> int:
+        ctl.show(ctl.call(cmd, {"n": ns.n}),
+                 lambda r: f"workers: {r['was']} -> {r['workers']}")
+        return EXIT_OK
+
+    return run
+
+
+def _resize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("n", nargs="?", type=int, default=1, help="how many workers (default 1)")
+
+
 def cmd_version(ctl: Ctl, ns: argparse.Namespace) -> int:
     ctl.show(ctl.call("version", {}), lambda r: f"phalanxd {r['version']}  pid {r['pid']}"
              f"  boot {r['boot']}")
@@ -179,6 +192,10 @@ _TABLE = [
     Command("reread", "show what changed in the config file", _changes_command("reread")),
     Command("update", "apply config file changes (pool size, limits, ...)",
             _changes_command("update")),
+    Command("incr", "grow the pool by one worker (or N) until the next update",
+            _resize_command("incr"), _resize_args),
+    Command("decr", "shrink the pool by one worker (or N); its tasks finish first",
+            _resize_command("decr"), _resize_args),
     Command("reload", "rolling restart of every worker, no task lost", cmd_reload),
     Command("shutdown", "drain and stop the daemon", cmd_shutdown, _shutdown_args),
     Command("version", "the daemon's version, pid and boot id", cmd_version),

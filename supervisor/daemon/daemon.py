@@ -50,6 +50,7 @@ from supervisor.daemon import intake, reload, runtime_dir, shutdown
 from supervisor.daemon.control import dispatch as control
 from supervisor.daemon.loop import EventLoop
 from supervisor.daemon.notify import Notifier
+from supervisor.daemon.observe.counters import Counters
 from supervisor.daemon.outbox import Outbox
 from supervisor.daemon.output import Outputs
 from supervisor.daemon.pool import Pool
@@ -215,6 +216,11 @@ class Daemon:
             log.info("daemon_ready", workers=len(self.pool.slots), boot=self.boot)
             self.notifier.ready(self.status_line())
             self.publisher.event("supervisor.ready", workers=len(self.pool.slots))
+
+    @property
+    def counters(self) -> Counters:
+        """What observe/ counts (kept by the Pool; intake counts refusals)."""
+        return self.pool.counters
 
     # ========================================================== operator
     def set_paused(self, paused: bool) -> None:

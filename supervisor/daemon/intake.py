@@ -111,6 +111,7 @@ def handle(d: Daemon, frames: list[bytes]) -> None:
 
 
 def _refuse(d: Daemon, route: bytes, req: bool, err: RequestError, body: bytes = b"") -> None:
+    d.counters.refused(err.type)
     ref = None
     if body:
         try:  # echo the request's ref if the body is a readable map
@@ -197,6 +198,7 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
     for index, spec in enumerate(request.tasks):
         err = refusal or check(d, spec)
         if err is not None:
+            d.counters.refused(err.type)
             error = error_raw(err.type, err.message)
             if group is not None:
                 group.results.append(Result(spec.id, spec.task, False, 0, error=error))
@@ -264,6 +266,7 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
         if group is not None:
             group.waiting += 1
         pool.accept(task)
+        d.counters.accepted(spec.task)
         accepted.append(task_id)
     if accepted and d.publisher.wants_event("task.accepted"):
         d.publisher.event("task.accepted", ids=accepted)

@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"phalanxd: invalid config: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     logs.configure(cfg.daemon.log_level, cfg.daemon.log_format)
+    from supervisor.daemon import shutdown
     from supervisor.daemon.daemon import Daemon  # after logging is set up
 
     daemon = Daemon(cfg)
@@ -102,8 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"phalanxd: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    from supervisor.daemon.observe.service import Observers
+
     try:
-        return daemon.run()
+        observers = Observers.start(cfg)
+    except StartupError as exc:
+        print(f"phalanxd: cannot start: {exc}", file=sys.stderr)
+        shutdown.stop_now(daemon)
+        daemon.run()  # stops the workers it already started
+        return EXIT_STARTUP
+    try:
+        code = daemon.run()
+        observers.stop()
+        return code
     except Exception:  # noqa: BLE001 - whatever escaped the loop is a bug; see below
         # Returning normally would hang: at interpreter exit multiprocessing
         # joins the (non-daemonic) workers, which wait on pipes this process

@@ -35,6 +35,7 @@ _DAEMON_ONLY = {
     ("tasks", "max_message_bytes"),
 }
 _WORKERS = {("tasks", "allow")}
+_DAEMON_SECTIONS = {"observe"}  # its listeners are bound once, at start
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ def diff(old: Config, new: Config) -> list[Change]:
             if before == value:
                 continue
             pair = (section, key)
-            how: How = "daemon" if pair in _DAEMON_ONLY else "workers" if pair in _WORKERS else "live"
+            how: How = "daemon" if pair in _DAEMON_ONLY or section in _DAEMON_SECTIONS else "workers" if pair in _WORKERS else "live"
             changes.append(Change(f"{section}.{key}", before, value, how))
     return changes
 
@@ -73,5 +74,5 @@ def effective(old: Config, new: Config) -> Config:
     )
     daemon = msgspec.structs.replace(new.daemon, runtime_dir=old.daemon.runtime_dir)
     return msgspec.structs.replace(
-        new, workers=workers, daemon=daemon, endpoints=old.endpoints, source=old.source
+        new, workers=workers, daemon=daemon, endpoints=old.endpoints, observe=old.observe, source=old.source
     )

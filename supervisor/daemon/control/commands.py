@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from supervisor.daemon.control.admin import (
+    cmd_decr,
+    cmd_incr,
     cmd_pause,
     cmd_reload,
     cmd_reread,
@@ -23,7 +25,13 @@ from supervisor.daemon.control.admin import (
     cmd_update,
 )
 from supervisor.daemon.control.args import Handler
-from supervisor.daemon.control.info import cmd_avail, cmd_config, cmd_stats, cmd_version
+from supervisor.daemon.control.info import (
+    cmd_avail,
+    cmd_config,
+    cmd_snapshot,
+    cmd_stats,
+    cmd_version,
+)
 from supervisor.daemon.control.output import cmd_clear, cmd_maintail, cmd_tail
 from supervisor.daemon.control.slots import (
     cmd_pid,
@@ -62,5 +70,8 @@ COMMANDS: dict[str, Handler] = {
     "update": cmd_update,
     "reload": cmd_reload,
     "shutdown": cmd_shutdown,
+    "incr": cmd_incr,
+    "decr": cmd_decr,
+    "snapshot": cmd_snapshot,
     "help": cmd_help,
 }

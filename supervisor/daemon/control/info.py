@@ -1,4 +1,4 @@
-"""Commands that report: stats, version, config, avail."""
+"""Commands that report: stats, version, config, avail, snapshot (observe/)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,9 @@ def cmd_config(d: Daemon, args: dict[str, Any]) -> Any:
 
 def cmd_avail(d: Daemon, args: dict[str, Any]) -> Any:
     return sorted(d.pool.known_tasks)
+
+
+def cmd_snapshot(d: Daemon, args: dict[str, Any]) -> Any:
+    from supervisor.daemon.observe import snapshot
+
+    return snapshot.take(d)

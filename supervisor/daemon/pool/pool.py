@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from supervisor.config import Config
 from supervisor.core.slots import SlotState
 from supervisor.core.tasks import ReplyGroup, Task, TaskTable
+from supervisor.daemon.observe.counters import Counters
 from supervisor.daemon.output import Outputs
 from supervisor.daemon.pool.interfaces import PoolEvents, Spawner, Watcher
 from supervisor.daemon.pool.maintenance import Maintenance
@@ -52,6 +53,10 @@ class Pool:
     @property
     def meters(self) -> Meters:
         return self._s.meters
+
+    @property
+    def counters(self) -> Counters:
+        return self._s.counters
 
     @property
     def known_tasks(self) -> set[str]:

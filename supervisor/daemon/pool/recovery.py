@@ -22,6 +22,7 @@ import structlog
 
 from supervisor.core import policy
 from supervisor.core.slots import SlotState
+from supervisor.daemon.observe.counters import restart_reason
 from supervisor.daemon.pool.state import PoolState, WorkerSlot
 from supervisor.daemon.pool.workers import WorkerIO
 from supervisor.errors import describe_exit
@@ -82,11 +83,15 @@ class Recovery:
             s.events.event("worker.stopped", slot=slot.index, pid=pid, exit=how)
             if slot.recycle and not s.stopping:
                 slot.recycle = False
+                s.counters.restarted("recycle", slot.index, how)
                 self.io.start(slot)
             return
         slot.move(S.EXITED)
         log.warning("worker_exited", slot=slot.index, pid=pid, exit=how, exitcode=exitcode)
         s.events.event("worker.exited", slot=slot.index, pid=pid, exit=how, exitcode=exitcode)
+        if not s.stopping:  # why workers restart (observe/)
+            s.counters.restarted(restart_reason(exitcode, timed_out is not None), slot.index,
+                                 f"worker {slot.index} (pid {pid}) {how}")
         task = s.table.charge_death(slot, running_key)
         reason = "exit"  # no task explains it: the worker died on its own
         if task is not None:
@@ -101,6 +106,7 @@ class Recovery:
             if verdict.action == "retry":
                 s.table.retry(task)
                 s.meters.retries[reason] = s.meters.retries.get(reason, 0) + 1
+                s.counters.retried(verdict.kind, slot.index, task.name, detail)
                 log.info("task_retried", id=task.id, task=task.name, attempt=task.attempts,
                          why=detail)
                 s.events.event("task.retried", id=task.id, task=task.name,
@@ -109,6 +115,7 @@ class Recovery:
             else:
                 if verdict.action == "quarantine":
                     s.table.quarantined += 1
+                    s.counters.quarantined(slot.index, task.name, detail)
                     log.warning("task_quarantined", id=task.id, task=task.name,
                                 crashes=task.crashes)
                     s.events.event("task.quarantined", id=task.id, task=task.name,

@@ -16,6 +16,7 @@ from supervisor.config import Config
 from supervisor.core.slots import Slot
 from supervisor.core.stats import LatencyHistogram
 from supervisor.core.tasks import Task, TaskTable
+from supervisor.daemon.observe.counters import Counters
 from supervisor.daemon.output import Outputs
 from supervisor.daemon.pool.interfaces import Handle, PoolEvents, Spawner, Watcher
 
@@ -55,6 +56,7 @@ class PoolState:
         self.known_tasks: set[str] = set()
         self.import_errors: dict[str, str] = {}  # module -> why it failed to import
         self.meters = Meters()
+        self.counters = Counters()  # for observe/: read only through observe/snapshot.py
         self.deaths: list[WorkerSlot] = []
         self.maintenance = False  # some slot waits to retire or recycle
         self.pool_restarts: tuple[float, ...] = ()

@@ -50,6 +50,7 @@ class WorkerIO:
             log.error("worker_spawn_failed", slot=slot.index, error=str(exc))
             slot.move(S.EXITED)
             slot.last_exit = f"spawn failed: {exc}"
+            s.counters.restarted("spawn_failed", slot.index, slot.last_exit)
             self.on_spawn_failed(slot, now)
             return
         slot.handle = handle
@@ -168,6 +169,7 @@ class WorkerIO:
             return False
         slot.observe(now, len(done))
         latency = s.meters.latency
+        names: dict[str, int] = {}  # tasks finished per name, this batch (observe/)
         for d in done:
             task = inflight.popleft()
             if task.key != d.key:
@@ -175,6 +177,7 @@ class WorkerIO:
                 self.pipe_broken(slot, f"result for task {d.key}, expected {task.key}")
                 return False
             latency.add(now - task.accepted_at)
+            names[task.name] = names.get(task.name, 0) + 1
             if d.ok:
                 result = Result(task.id, task.name, True, task.attempts + 1, value=d.value)
                 slot.tasks_done += 1
@@ -182,6 +185,8 @@ class WorkerIO:
                 result = Result(task.id, task.name, False, task.attempts + 1, error=d.value)
                 slot.tasks_failed += 1
             self.deliver(task, result)
+        if done:  # the batch's time on the worker, split evenly (observe/)
+            s.counters.ran(names, (now - slot.head_since) / len(done))
         slot.head_since = now
         if slot.task_limit and slot.assigned >= slot.task_limit and not slot.recycle:
             self.mark_recycle(slot, "max_tasks_per_worker")
@@ -261,6 +266,7 @@ class WorkerIO:
                 continue
             was_idle = not slot.inflight
             tasks = table.assign(slot, n)
+            s.counters.dispatched(tasks, now)  # queue wait (observe/)
             if was_idle:
                 slot.head_since = now
             handle.write(encoder.encode(
