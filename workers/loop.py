@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from supervisor import payload
 from supervisor.protocol import Batch, Done, Hello, Work, encoder, error_map
 from workers import registry
 
@@ -36,8 +37,9 @@ PIPE_FD = -1
 FLUSH_AFTER = 0.001
 
 _work_decoder = msgspec.msgpack.Decoder(list[Work])
-_args_decoder = msgspec.msgpack.Decoder(list[Any])
-_kwargs_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+# numpy arrays arrive as extension values (supervisor/payload).
+_args_decoder = msgspec.msgpack.Decoder(list[Any], ext_hook=payload.worker_ext_hook)
+_kwargs_decoder = msgspec.msgpack.Decoder(dict[str, Any], ext_hook=payload.worker_ext_hook)
 
 
 def _failure(type_: str, message: str, tb: str | None = None) -> msgspec.Raw:
@@ -83,6 +85,7 @@ def run_one(
     try:
         args = _args_decoder.decode(work.args) if work.args else []
         kwargs = _kwargs_decoder.decode(work.kwargs) if work.kwargs else {}
+        args, local = payload.split_local(args)  # local: results may use shared memory
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         # The daemon passes arguments through unread, so whatever msgspec
         # refuses in them lands here: bad input, not a crash. That includes
@@ -108,7 +111,7 @@ def run_one(
             _failure(type(exc).__name__, str(exc), traceback.format_exc()),
         )
     try:
-        encoded = encoder.encode(value)
+        encoded = payload.encode_result(value, local)
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         return Done(work.key, False, _failure("Unserializable", f"result: {exc}"))
     if len(encoded) > max_result_bytes:
@@ -197,6 +200,7 @@ def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
     global PIPE_FD
     PIPE_FD = conn.fileno()
     tasks, errors = registry.load(allow)
+    payload.shm.sweep_orphans()  # segments of dead workers and clients nobody read
     conn.send_bytes(encoder.encode(Hello(os.getpid(), sorted(tasks), errors)))
     try:
         serve(conn, tasks, max_result_bytes, running)

@@ -44,6 +44,7 @@ import msgspec
 import zmq
 
 from supervisor.client.futures import AsyncResult, TaskError
+from supervisor.payload import ClientPayload
 from supervisor.client.subscriber import DEFAULT_PUBLISHER, Message, Subscriber
 from supervisor.client.wire import NO_OPTS, Opts
 from supervisor.client.wire import Ack as _Ack
@@ -233,6 +234,7 @@ class Client(_Api):
         self._client = self
         self._opts = NO_OPTS
         self._endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        self._payload = ClientPayload(self._endpoints)  # numpy: shared memory if local
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._prefix = uuid.uuid4().hex[:12] + "-"
         self._counter = itertools.count()
@@ -298,6 +300,8 @@ class Client(_Api):
         sock = self._thread_socket()
         task_id = f"{self._prefix}{next(self._counter)}"
         ref = next(self._refs)
+        # Held until we return: shared-memory arguments live as long as these.
+        args, kwargs = self._payload.prepare(args, kwargs, False)
         sock.send(_encoder.encode(_Submit([_TaskOut(name, task_id, args, kwargs, *opts)], ref)))
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -481,6 +485,7 @@ class Client(_Api):
                 if not name:
                     sock.send(_encoder.encode({"op": "ping"}))
                     continue
+                args, kwargs = self._payload.prepare(args, kwargs, chunk)  # held by _sent
                 items.append(_TaskOut(name, task_id, args, kwargs, *opts, chunk))
                 ids.append(task_id)
             if not items:
