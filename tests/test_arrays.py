@@ -187,6 +187,9 @@ def test_pandas_and_object_arrays_fail_clearly(clients: dict[str, Client], lane:
     with pytest.raises(TaskError, match="holds Python objects") as info:
         c.submit("workers.builtin:echo", np.array([object()])).result(timeout=10)
     assert info.value.type == "Unserializable"
+    for subclass in (np.ma.masked_array([1, 2], mask=[0, 1]),):
+        with pytest.raises(TaskError, match="is unsupported"):  # would lose its mask
+            c.submit("workers.builtin:echo", subclass).result(timeout=10)
     assert same(c.call("workers.arrays:roundtrip", np.arange(3)), np.arange(3))  # still serving
 
 

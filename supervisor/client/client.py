@@ -480,7 +480,8 @@ class Client(_Api):
         while outq:
             items: list[_TaskOut] = []
             ids: list[str] = []
-            while outq and len(items) < MAX_BATCH:
+            # flush_now: a task with shared-memory arrays goes out at once.
+            while outq and len(items) < MAX_BATCH and not self._payload.flush_now():
                 task_id, name, args, kwargs, opts, chunk = outq.popleft()
                 if not name:
                     sock.send(_encoder.encode({"op": "ping"}))

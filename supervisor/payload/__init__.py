@@ -42,6 +42,8 @@ __all__ = [
 
 # Arrays of at least this many bytes go through shared memory when allowed.
 SHM_MIN_BYTES = int(os.environ.get("PHALANX_SHM_MIN_BYTES", str(1024 * 1024)))
+# A client sends its batch once this many bytes of arrays are in it inline.
+FLUSH_BYTES = 1024 * 1024
 Ext = msgspec.msgpack.Ext
 
 
@@ -91,7 +93,7 @@ def enc_hook(obj: Any) -> Any:
     if arrays.is_numpy(obj):
         import numpy as np
 
-        if isinstance(obj, np.ndarray):
+        if obj.__class__ is np.ndarray:  # a subclass (np.matrix) would lose its class
             return Ext(layout.INLINE, arrays.encode_inline(obj))
         if isinstance(obj, np.generic) and not isinstance(obj, np.object_):
             return Ext(layout.SCALAR, arrays.encode_inline(np.asarray(obj)))
@@ -179,29 +181,40 @@ class ClientPayload:
     def __init__(self, endpoints: list[str]) -> None:
         self.local = (os.environ.get("PHALANX_SHM", "1") != "0" and shm.available()
                       and all(_own_ipc(ep) for ep in endpoints))
+        self._copied = False  # a segment was filled since flush_now last said so
+        self._inline = 0  # array bytes put in the message since flush_now said so
+
+    def flush_now(self) -> bool:
+        """True once after a task's arrays went to shared memory, or after
+        FLUSH_BYTES of arrays went inline: send what is batched now. A
+        worker starts on this task while the client copies the next one's
+        arrays (a pipeline, not a batch), and a message of arrays stays far
+        below the daemon's tasks.max_message_bytes."""
+        if self._copied or self._inline >= FLUSH_BYTES:
+            self._copied, self._inline = False, 0
+            return True
+        return False
 
     def prepare(self, args: Any, kwargs: dict[str, Any] | None, chunk: bool
                 ) -> tuple[Any, dict[str, Any] | None]:
-        """Big arrays into segments, plus the LOCAL token (local clients only)."""
-        if not self.local:
-            return args, kwargs
+        """Big arrays into segments (local clients), plus the LOCAL token."""
         if "numpy" in sys.modules:
             if chunk:
-                args = [tuple(_to_shm(a) for a in item) for item in args]
+                args = [tuple(self._route(a) for a in item) for item in args]
             else:
-                args = tuple(_to_shm(a) for a in args)
+                args = tuple(self._route(a) for a in args)
             if kwargs:
-                kwargs = {k: _to_shm(v) for k, v in kwargs.items()}
-        return [*args, LOCAL], kwargs
+                kwargs = {k: self._route(v) for k, v in kwargs.items()}
+        return ([*args, LOCAL] if self.local else args), kwargs
 
-
-def _to_shm(obj: Any) -> Any:
-    if arrays.is_numpy(obj) and getattr(obj, "ndim", 0) and obj.nbytes >= SHM_MIN_BYTES:
-        import numpy as np
-
-        if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
-            return ShmArg(obj)
-    return obj
+    def _route(self, obj: Any) -> Any:
+        if arrays.is_numpy(obj) and getattr(obj, "ndim", 0):
+            if (self.local and obj.nbytes >= SHM_MIN_BYTES and not obj.dtype.hasobject
+                    and obj.__class__.__name__ == "ndarray"):
+                self._copied = True
+                return ShmArg(obj)
+            self._inline += obj.nbytes
+        return obj
 
 
 def _own_ipc(endpoint: str) -> bool:

@@ -36,6 +36,9 @@ from multiprocessing import resource_tracker
 SHM_DIR = "/dev/shm"
 # Seconds a worker keeps an unread result segment before unlinking it.
 RESULT_TTL = float(os.environ.get("PHALANX_SHM_RESULT_TTL", "60"))
+# Fault every page in at mmap time, in one kernel call, instead of one
+# page fault per 4 KiB during the copy or the task's first read.
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 _NAME = re.compile(r"phx-([ar])([0-9]+)-[0-9a-f]{16}")
 
 
@@ -63,7 +66,7 @@ def create(kind: str, nbytes: int, track: bool) -> tuple[str, mmap.mmap]:
         raise ShmError(f"cannot create {path}: {exc}") from None
     try:
         os.posix_fallocate(fd, 0, nbytes)
-        mm = mmap.mmap(fd, nbytes)
+        mm = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | _POPULATE)
     except OSError as exc:
         os.unlink(path)
         raise ShmError(f"cannot reserve {nbytes} bytes in {SHM_DIR}: {exc}") from None
@@ -99,7 +102,11 @@ def open_segment(name: str, nbytes: int, *, take: bool) -> mmap.mmap:
         size = os.fstat(fd).st_size
         if size < nbytes:
             raise ShmError(f"segment {name} holds {size} bytes, the array needs {nbytes}")
-        mm = mmap.mmap(fd, nbytes, access=mmap.ACCESS_WRITE if take else mmap.ACCESS_COPY)
+        # Copy-on-write (MAP_PRIVATE) for a worker: what it writes stays its
+        # own. Never MAP_POPULATE there: on a writable private mapping it
+        # pre-faults for writing, i.e. copies every page (measured 3x slower).
+        flags = mmap.MAP_SHARED | _POPULATE if take else mmap.MAP_PRIVATE
+        mm = mmap.mmap(fd, nbytes, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
         os.close(fd)
         if take:
