@@ -33,14 +33,14 @@ TTL = 0.5  # seconds, for the daemons of this module
 LOCAL = msgspec.msgpack.Ext(layout.LOCAL, b"")
 N = 1024 * 1024  # float64s: 8 MiB, over the shared-memory threshold
 
-CLIENT = """
+CLIENT = f"""
 import sys, numpy as np
 from supervisor.client import Client
 c = Client(sys.argv[1])
-c.submit("workers.arrays:hold", np.ones(%d), 1.0)
+c.submit("workers.arrays:hold", np.ones({N}), 1.0)
 print("submitted", flush=True)
 sys.stdin.read()  # until killed
-""" % N
+"""
 
 
 def mine(prefix: str) -> set[str]:

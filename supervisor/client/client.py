@@ -44,7 +44,6 @@ import msgspec
 import zmq
 
 from supervisor.client.futures import AsyncResult, TaskError
-from supervisor.payload import ClientPayload
 from supervisor.client.subscriber import DEFAULT_PUBLISHER, Message, Subscriber
 from supervisor.client.wire import NO_OPTS, Opts
 from supervisor.client.wire import Ack as _Ack
@@ -57,6 +56,7 @@ from supervisor.client.wire import Submit as _Submit
 from supervisor.client.wire import TaskOut as _TaskOut
 from supervisor.client.wire import decoder as _decoder
 from supervisor.client.wire import encoder as _encoder
+from supervisor.payload import ClientPayload
 
 __all__ = [
     "DEFAULT_ENDPOINT", "DEFAULT_PUBLISHER", "AsyncResult", "Client", "Message",

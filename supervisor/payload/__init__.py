@@ -147,7 +147,7 @@ class _ResultEncoder:
         self._local = msgspec.msgpack.Encoder(enc_hook=self._local_hook)
 
     def _local_hook(self, obj: Any) -> Any:
-        if arrays.is_numpy(obj) and getattr(obj, "ndim", 0) and obj.nbytes >= SHM_MIN_BYTES:
+        if arrays.is_numpy(obj) and getattr(obj, "ndim", 0) != 0 and obj.nbytes >= SHM_MIN_BYTES:
             name, data, mm = arrays.into_segment(obj, "r", track=False)
             mm.close()
             self._made.append(name)
@@ -208,7 +208,7 @@ class ClientPayload:
         return ([*args, LOCAL] if self.local else args), kwargs
 
     def _route(self, obj: Any) -> Any:
-        if arrays.is_numpy(obj) and getattr(obj, "ndim", 0):
+        if arrays.is_numpy(obj) and getattr(obj, "ndim", 0) != 0:
             if (self.local and obj.nbytes >= SHM_MIN_BYTES and not obj.dtype.hasobject
                     and obj.__class__.__name__ == "ndarray"):
                 self._copied = True
