@@ -218,3 +218,19 @@ def test_malformed_array_extensions_are_bad_requests(daemons: dict[str, Daemon])
         assert same(good.call("workers.arrays:roundtrip", np.arange(4)), np.arange(4))
     finally:
         good.terminate()
+
+
+def test_subscribers_decode_inline_arrays_and_keep_references(
+        daemons: dict[str, Daemon], clients: dict[str, Client]) -> None:
+    """A published result holds the same array bytes; a shared-memory
+    result is published as its reference, which a subscriber must not take."""
+    c = clients["local"]
+    sub = daemons["local"].subscribe("result.workers.arrays:roundtrip", client=c)
+    small, big = np.arange(5), np.zeros(BIG // 8)
+    assert same(c.call("workers.arrays:roundtrip", small), small)
+    assert same(c.call("workers.arrays:roundtrip", big), big)
+    sub.fence(c)
+    values = [r["value"] for r in sub.results()]
+    assert any(isinstance(v, np.ndarray) and same(v, small) for v in values), values
+    refs = [v for v in values if isinstance(v, msgspec.msgpack.Ext)]
+    assert len(refs) == 1 and refs[0].code == 2

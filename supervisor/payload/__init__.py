@@ -32,12 +32,13 @@ import weakref
 from typing import Any
 
 import msgspec
+import structlog
 
 from supervisor.payload import arrays, layout, shm
 
 __all__ = [
     "SHM_MIN_BYTES", "ClientPayload", "LocalToken", "ShmArg", "client_ext_hook",
-    "enc_hook", "encode_result", "split_local", "worker_ext_hook",
+    "enc_hook", "encode_result", "split_local", "subscriber_ext_hook", "worker_ext_hook",
 ]
 
 # Arrays of at least this many bytes go through shared memory when allowed.
@@ -45,6 +46,7 @@ SHM_MIN_BYTES = int(os.environ.get("PHALANX_SHM_MIN_BYTES", str(1024 * 1024)))
 # A client sends its batch once this many bytes of arrays are in it inline.
 FLUSH_BYTES = 1024 * 1024
 Ext = msgspec.msgpack.Ext
+log = structlog.get_logger("phalanx.payload")
 
 
 class LocalToken:
@@ -130,6 +132,14 @@ def worker_ext_hook(code: int, data: memoryview) -> Any:
     return _decode(code, data, take=False)
 
 
+def subscriber_ext_hook(code: int, data: memoryview) -> Any:
+    """For published results: inline arrays only; a shared-memory reference
+    is left as an ``Ext`` (its segment is the submitting client's to take)."""
+    if code == layout.SHM:
+        return Ext(code, bytes(data))
+    return _decode(code, data, take=True)
+
+
 def split_local(args: list[Any]) -> tuple[list[Any], bool]:
     """Strip a trailing LOCAL token; True if there was one."""
     if args and args[-1] is LOCAL:
@@ -211,8 +221,14 @@ class ClientPayload:
         if arrays.is_numpy(obj) and getattr(obj, "ndim", 0) != 0:
             if (self.local and obj.nbytes >= SHM_MIN_BYTES and not obj.dtype.hasobject
                     and obj.__class__.__name__ == "ndarray"):
-                self._copied = True
-                return ShmArg(obj)
+                try:
+                    arg = ShmArg(obj)
+                except shm.ShmError as exc:
+                    # /dev/shm full: the message lane, under the daemon's limits.
+                    log.warning("shm_unavailable", error=str(exc), nbytes=obj.nbytes)
+                else:
+                    self._copied = True
+                    return arg
             self._inline += obj.nbytes
         return obj
 
