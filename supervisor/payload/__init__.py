@@ -69,8 +69,7 @@ class ShmArg:
     __slots__ = ("ext", "name", "__weakref__")
 
     def __init__(self, arr: Any) -> None:
-        self.name, data, mm = arrays.into_segment(arr, "a", track=True)
-        mm.close()  # the bytes are in the segment; the client needs no mapping
+        self.name, data = arrays.into_segment(arr, "a", track=True)
         self.ext = Ext(layout.SHM, data)
         weakref.finalize(self, shm.unlink, self.name, True)
 
@@ -158,8 +157,7 @@ class _ResultEncoder:
 
     def _local_hook(self, obj: Any) -> Any:
         if arrays.is_numpy(obj) and getattr(obj, "ndim", 0) != 0 and obj.nbytes >= SHM_MIN_BYTES:
-            name, data, mm = arrays.into_segment(obj, "r", track=False)
-            mm.close()
+            name, data = arrays.into_segment(obj, "r", track=False)
             self._made.append(name)
             return Ext(layout.SHM, data)
         return enc_hook(obj)

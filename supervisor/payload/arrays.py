@@ -13,7 +13,6 @@ copied to C order before it is sent (its order is not kept).
 from __future__ import annotations
 
 import ast
-import mmap
 from typing import Any
 
 from supervisor.payload import layout, shm
@@ -97,14 +96,11 @@ def decode_inline(data: memoryview) -> Any:
     return out
 
 
-def into_segment(arr: Any, kind: str, track: bool) -> tuple[str, bytes, mmap.mmap]:
-    """Copy ``arr`` into a new segment; (name, extension bytes, mapping)."""
-    import numpy as np
-
+def into_segment(arr: Any, kind: str, track: bool) -> tuple[str, bytes]:
+    """Copy ``arr`` into a new segment; (name, extension bytes)."""
     arr = contiguous(arr)
-    name, mm = shm.create(kind, arr.nbytes, track)
-    np.frombuffer(mm, dtype=np.uint8, count=arr.nbytes)[:] = raw_bytes(arr)
-    return name, layout.pack_shm(header(arr), name, arr.nbytes), mm
+    name = shm.create(kind, memoryview(raw_bytes(arr)), track)
+    return name, layout.pack_shm(header(arr), name, arr.nbytes)
 
 
 def decode_shm(data: memoryview, take: bool) -> Any:

@@ -6,8 +6,8 @@ process that *attaches* to a segment also registers it with its resource
 tracker, which then unlinks it (with a warning) when that process exits, so
 a worker would destroy a client's segment. We keep the tracker only where
 it helps, for segments a client creates (see below), and reserve the
-segment's pages with ``posix_fallocate`` so a full /dev/shm is an error at
-creation, not a SIGBUS in the middle of a copy.
+segment by ``pwrite`` so a full /dev/shm is an error at creation, not a
+SIGBUS in the middle of a copy through a mapping.
 
 Lifetimes (docs/PROTOCOL.md, "Shared memory"):
 
@@ -36,8 +36,8 @@ from multiprocessing import resource_tracker
 SHM_DIR = "/dev/shm"
 # Seconds a worker keeps an unread result segment before unlinking it.
 RESULT_TTL = float(os.environ.get("PHALANX_SHM_RESULT_TTL", "60"))
-# Fault every page in at mmap time, in one kernel call, instead of one
-# page fault per 4 KiB during the copy or the task's first read.
+# Fault a result's pages in at mmap time, in one kernel call, instead of
+# one page fault per 4 KiB as the client first reads it.
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 _NAME = re.compile(r"phx-([ar])([0-9]+)-[0-9a-f]{16}")
 
@@ -56,25 +56,30 @@ def available() -> bool:
     return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
 
 
-def create(kind: str, nbytes: int, track: bool) -> tuple[str, mmap.mmap]:
-    """A new segment of ``nbytes`` (kind "a" argument, "r" result), mapped."""
+def create(kind: str, data: memoryview, track: bool) -> str:
+    """A new segment (kind "a" argument, "r" result) holding ``data``.
+
+    Written with pwrite, not through a mapping: the kernel copies straight
+    into the segment's pages, and a full /dev/shm is an ENOSPC here rather
+    than a SIGBUS in the middle of a copy through a mapping."""
     name = f"phx-{kind}{os.getpid()}-{secrets.token_hex(8)}"
     path = _path(name)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
         raise ShmError(f"cannot create {path}: {exc}") from None
     try:
-        os.posix_fallocate(fd, 0, nbytes)
-        mm = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | _POPULATE)
+        done = 0
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], done)
     except OSError as exc:
         os.unlink(path)
-        raise ShmError(f"cannot reserve {nbytes} bytes in {SHM_DIR}: {exc}") from None
+        raise ShmError(f"cannot write {len(data)} bytes to {SHM_DIR}: {exc}") from None
     finally:
         os.close(fd)
     if track:
         resource_tracker.register("/" + name, "shared_memory")
-    return name, mm
+    return name
 
 
 def unlink(name: str, tracked: bool) -> None:
