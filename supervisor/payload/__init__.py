@@ -191,6 +191,7 @@ class ClientPayload:
                       and all(_own_ipc(ep) for ep in endpoints))
         self._copied = False  # a segment was filled since flush_now last said so
         self._inline = 0  # array bytes put in the message since flush_now said so
+        self._nd: type | None = None  # numpy.ndarray, once numpy is loaded
 
     def flush_now(self) -> bool:
         """True once after a task's arrays went to shared memory, or after
@@ -205,30 +206,49 @@ class ClientPayload:
 
     def prepare(self, args: Any, kwargs: dict[str, Any] | None, chunk: bool
                 ) -> tuple[Any, dict[str, Any] | None]:
-        """Big arrays into segments (local clients), plus the LOCAL token."""
-        if "numpy" in sys.modules:
+        """Big arrays into segments (local clients), plus the LOCAL token.
+
+        On the hot path of every submit: without an ndarray among the
+        arguments it costs one class check per argument."""
+        nd = self._nd
+        if nd is None:
+            nd = self._nd = _ndarray()
+        if nd is not None:
             if chunk:
-                args = [tuple(self._route(a) for a in item) for item in args]
+                if any(a.__class__ is nd for item in args for a in item):
+                    args = [tuple(self._route(a, nd) for a in item) for item in args]
             else:
-                args = tuple(self._route(a) for a in args)
+                for a in args:
+                    if a.__class__ is nd:
+                        args = tuple(self._route(a, nd) for a in args)
+                        break
             if kwargs:
-                kwargs = {k: self._route(v) for k, v in kwargs.items()}
+                for v in kwargs.values():
+                    if v.__class__ is nd:
+                        kwargs = {k: self._route(v, nd) for k, v in kwargs.items()}
+                        break
         return ([*args, LOCAL] if self.local else args), kwargs
 
-    def _route(self, obj: Any) -> Any:
-        if arrays.is_numpy(obj) and getattr(obj, "ndim", 0) != 0:
-            if (self.local and obj.nbytes >= SHM_MIN_BYTES and not obj.dtype.hasobject
-                    and obj.__class__.__name__ == "ndarray"):
-                try:
-                    arg = ShmArg(obj)
-                except shm.ShmError as exc:
-                    # /dev/shm full: the message lane, under the daemon's limits.
-                    log.warning("shm_unavailable", error=str(exc), nbytes=obj.nbytes)
-                else:
-                    self._copied = True
-                    return arg
-            self._inline += obj.nbytes
+    def _route(self, obj: Any, nd: Any) -> Any:
+        if obj.__class__ is not nd or not obj.ndim:
+            return obj
+        if self.local and obj.nbytes >= SHM_MIN_BYTES and not obj.dtype.hasobject:
+            try:
+                arg = ShmArg(obj)
+            except shm.ShmError as exc:
+                # /dev/shm full: the message lane, under the daemon's limits.
+                log.warning("shm_unavailable", error=str(exc), nbytes=obj.nbytes)
+            else:
+                self._copied = True
+                return arg
+        self._inline += obj.nbytes
         return obj
+
+
+def _ndarray() -> type | None:
+    """numpy.ndarray if numpy is loaded (an array can exist only then)."""
+    numpy = sys.modules.get("numpy")
+    return None if numpy is None else getattr(numpy, "ndarray", None)
 
 
 def _own_ipc(endpoint: str) -> bool:
