@@ -61,7 +61,7 @@ publisher = "{publisher}"
 control = "{control}"
 
 [tasks]
-allow = ["workers.builtin", "workers.testing", "bench.tasks"]
+allow = ["workers.builtin", "workers.testing", "workers.arrays", "bench.tasks"]
 
 [restart]
 max_restarts = 100000
@@ -74,7 +74,7 @@ stop_timeout = 2.0
 
 CONFIG_CHANGES = {
     "workers.count": WORKERS,
-    "tasks.allow": ["workers.builtin", "workers.testing", "bench.tasks"],
+    "tasks.allow": ["workers.builtin", "workers.testing", "workers.arrays", "bench.tasks"],
     "restart.max_restarts": 100000,
     "restart.daemon_max_restarts": 0,
     "shutdown.grace": 2.0,

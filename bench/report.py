@@ -70,6 +70,22 @@ def targets(r: dict[str, Any]) -> list[Target]:
         out.append(Target(name, ours, alt, alt_label, _ratio(ours, alt), f"< {limit:g} ms",
                           None if ours is None else ours < limit, "ms"))
 
+    def seconds(name: str, path: tuple[str, ...], alt_key: str, at_most: float) -> None:
+        ours = _get(r, "arrays", *path, "best")
+        alt = _get(r, "arrays", path[0], alt_key, "best")
+        ratio = _ratio(ours, alt)
+        out.append(Target(name, None if ours is None else ours * 1e3,
+                          None if alt is None else alt * 1e3, alt_key, ratio,
+                          f"ratio <= {at_most:g}", None if ratio is None else ratio <= at_most,
+                          "ms"))
+
+    seconds("100 MB array to a worker and back vs Pool.apply", ("round_trip_100mb", "phalanx.call"),
+            "pool.apply", 0.5)
+    seconds("numpy sum over 64 x 2 MiB chunks: map vs Pool.map", ("reduction", "phalanx.map"),
+            "pool.map", 1.0)
+    seconds("numpy sum over 64 x 2 MiB chunks: map vs ProcessPoolExecutor.map",
+            ("reduction", "phalanx.map"), "ppe.map", 1.0)
+
     pool_respawn = _get(r, "crash_alternatives", "pool_respawn", "p50")
     absolute("Kill -> worker.spawned, p50", ("crash_recovery", "idle_worker", "spawned", "published", "p50"),
              10.0, pool_respawn, "Pool respawn p50")
@@ -184,6 +200,18 @@ def render(r: dict[str, Any], ts: list[Target]) -> str:
         note = _get(mem, "supervisord", "note")
         if note:
             parts.append(f"  {note}")
+    ar = r.get("arrays")
+    if isinstance(ar, dict) and "error" not in ar:
+        rows = [[f"{section}: {name}", f"{v['best'] * 1e3:.1f}", f"({v['median'] * 1e3:.1f})"]
+                for section in ("round_trip_100mb", "reduction", "inline_8mb")
+                for name, v in ar.get(section, {}).items()]
+        parts += ["", "numpy arrays (ms, best round, median in brackets; phalanx = ipc client, "
+                      "shared memory; .inline = shared memory off, the array in the message)",
+                  _table(["variant", "best", "(median)"], rows, {1, 2})]
+        per_mb = _get(ar, "encode_copy", "ms_per_mb")
+        if per_mb is not None:
+            parts.append(f"  putting an array in a message costs the sender {per_mb:.3f} ms per MB "
+                         "(the copy extra ZeroMQ frames would save)")
     ca = r.get("crash_alternatives")
     if isinstance(ca, dict) and "in_flight" in ca:
         parts += ["", "The same kill under the alternatives:"]

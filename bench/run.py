@@ -3,6 +3,7 @@
     phalanxd (temp config, 2 workers) --+-- throughput: 7 variants x rounds, interleaved
                                         +-- memory (at ready, after throughput)
                                         +-- latency: 3 variants x rounds, interleaved
+                                        +-- numpy arrays: 100 MB round trip, chunked reduction
                                         +-- crash recovery: SIGKILL idle / busy workers
                                         +-- poison task: crash('kill') until WorkerCrashed
     then, without phalanxd: Pool/PPE under the same kills, supervisord's RSS
@@ -30,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import alt_crash, latency, memory, recovery, report, throughput
+from bench import alt_crash, arrays, latency, memory, recovery, report, throughput
 from bench.harness import CONFIG_CHANGES, REPO, WORKERS, PhalanxUnderTest, say
 
 
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"phalanxd RSS after throughput: "
                 f"{memory_results['phalanx_after_throughput']['process']['rss']:.1f} MiB")
             _section(results, "latency", lambda: latency.run(d, lat_count, rounds), d)
+            _section(results, "arrays", lambda: arrays.run(d, rounds), d)
             _section(results, "crash_recovery", lambda: recovery.crash_recovery(d, crash_reps, hold), d)
             _section(results, "poison", lambda: recovery.poison(d, poison_reps), d)
             say("stopping phalanxd")

@@ -37,6 +37,7 @@ from typing import Any
 
 import msgspec
 
+from supervisor import payload
 from supervisor.protocol import Batch, Done, Hello, Work, encoder, error_map
 from workers import outcome, registry
 
@@ -44,8 +45,9 @@ from workers import outcome, registry
 PIPE_FD = -1
 
 _work_decoder = msgspec.msgpack.Decoder(list[Work])
-_args_decoder = msgspec.msgpack.Decoder(list[Any])
-_kwargs_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+# numpy arrays arrive as extension values (supervisor/payload).
+_args_decoder = msgspec.msgpack.Decoder(list[Any], ext_hook=payload.worker_ext_hook)
+_kwargs_decoder = msgspec.msgpack.Decoder(dict[str, Any], ext_hook=payload.worker_ext_hook)
 
 
 class SoftTimeout(Exception):
@@ -93,6 +95,7 @@ def run_one(
     try:
         args = _args_decoder.decode(work.args) if work.args else []
         kwargs = _kwargs_decoder.decode(work.kwargs) if work.kwargs else {}
+        args, local = payload.split_local(args)  # local: results may use shared memory
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         # The daemon passes arguments through unread, so whatever msgspec
         # refuses in them lands here: bad input, not a crash. That includes
@@ -113,7 +116,10 @@ def run_one(
                 signal.setitimer(signal.ITIMER_REAL, 0)
     except Exception as exc:  # noqa: BLE001 - any error a task raises is its result
         return Done(work.key, False, outcome.exception_failure(exc))
-    ok, raw = outcome.encode_result(value, max_result_bytes)
+    # numpy arrays go out as extension values, or in shared memory for a
+    # local client (supervisor/payload); the limits below apply either way.
+    ok, raw = outcome.encode_result(value, max_result_bytes,
+                                    lambda v: payload.encode_result(v, local))
     return Done(work.key, ok, raw)
 
 
@@ -131,11 +137,11 @@ def _sender(conn: Connection) -> Callable[[bytes], None]:
     write = os.write
     small = select.PIPE_BUF - 4
 
-    def send(payload: bytes) -> None:
-        if len(payload) <= small:
-            write(fd, pack(len(payload)) + payload)
+    def send(frame: bytes) -> None:
+        if len(frame) <= small:
+            write(fd, pack(len(frame)) + frame)
         else:
-            slow(payload)
+            slow(frame)
 
     return send
 
@@ -218,6 +224,7 @@ def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
         if folder not in sys.path:
             sys.path.insert(0, folder)
     tasks, errors = registry.load(allow)
+    payload.shm.sweep_orphans()  # segments of dead workers and clients nobody read
     hello = Hello(os.getpid(), sorted(tasks), registry.describe_errors(errors))
     conn.send_bytes(encoder.encode(hello))
     try:

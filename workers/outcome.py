@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -115,10 +116,11 @@ def nesting_ok(encoded: bytes) -> bool:
     return True
 
 
-def encode_result(value: Any, max_result_bytes: int) -> tuple[bool, msgspec.Raw]:
+def encode_result(value: Any, max_result_bytes: int,
+                  encode: Callable[[Any], bytes] = encoder.encode) -> tuple[bool, msgspec.Raw]:
     """(ok, bytes) for a task's return value: the value, or why it cannot go."""
     try:
-        encoded = encoder.encode(value)
+        encoded = encode(value)
     except RecursionError:
         return False, failure(
             "Unserializable", f"result: nested deeper than {MAX_NESTING} levels"

@@ -57,6 +57,7 @@ from supervisor.client.wire import TaskOut as _TaskOut
 from supervisor.client.wire import decoder as _decoder
 from supervisor.client.wire import encoder as _encoder
 from supervisor.config import LOCAL_INTAKE, local_endpoint
+from supervisor.payload import ClientPayload
 
 __all__ = [
     "DEFAULT_ENDPOINT", "DEFAULT_PUBLISHER", "AsyncResult", "Client", "Message",
@@ -242,6 +243,7 @@ class Client(_Api):
         if endpoint is None:
             endpoint = default_endpoint()
         self._endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        self._payload = ClientPayload(self._endpoints)  # numpy: shared memory if local
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._prefix = uuid.uuid4().hex[:12] + "-"
         self._counter = itertools.count()
@@ -307,6 +309,8 @@ class Client(_Api):
         sock = self._thread_socket()
         task_id = f"{self._prefix}{next(self._counter)}"
         ref = next(self._refs)
+        # Held until we return: shared-memory arguments live as long as these.
+        args, kwargs = self._payload.prepare(args, kwargs, False)
         sock.send(_encoder.encode(_Submit([_TaskOut(name, task_id, args, kwargs, *opts)], ref)))
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -485,11 +489,13 @@ class Client(_Api):
         while outq:
             items: list[_TaskOut] = []
             ids: list[str] = []
-            while outq and len(items) < MAX_BATCH:
+            # flush_now: a task with shared-memory arrays goes out at once.
+            while outq and len(items) < MAX_BATCH and not self._payload.flush_now():
                 task_id, name, args, kwargs, opts, chunk = outq.popleft()
                 if not name:
                     sock.send(_encoder.encode({"op": "ping"}))
                     continue
+                args, kwargs = self._payload.prepare(args, kwargs, chunk)  # held by _sent
                 items.append(_TaskOut(name, task_id, args, kwargs, *opts, chunk))
                 ids.append(task_id)
             if not items:

@@ -9,6 +9,7 @@ from typing import Any, Self
 import msgspec
 import zmq
 
+from supervisor import payload
 from supervisor.config import LOCAL_PUBLISHER, local_endpoint
 
 DEFAULT_PUBLISHER = os.environ.get("PHALANX_PUBLISHER", "tcp://127.0.0.1:7456")
@@ -60,7 +61,9 @@ class Subscriber:
         if ms is not None and not self._sock.poll(ms):
             return None
         topic, body = self._sock.recv_multipart()
-        data = msgspec.msgpack.decode(body)
+        # Inline arrays decode; a shared-memory reference stays an Ext: the
+        # segment belongs to the submitting client, which unlinks it.
+        data = msgspec.msgpack.decode(body, ext_hook=payload.subscriber_ext_hook)
         name = topic.decode()
         key = (data.get("boot", ""), name)
         seq = data.get("seq")

@@ -10,6 +10,8 @@ from typing import Any
 
 import msgspec
 
+from supervisor import payload
+
 
 class TaskOut(msgspec.Struct, omit_defaults=True):
     task: str
@@ -79,7 +81,9 @@ class ErrorReply(msgspec.Struct, tag_field="op", tag="error"):
     ref: int | str | None = None
 
 
-encoder = msgspec.msgpack.Encoder()
-decoder = msgspec.msgpack.Decoder(Ack | Results | Pong | ErrorReply)
+# numpy arrays travel as extension values (supervisor/payload).
+encoder = msgspec.msgpack.Encoder(enc_hook=payload.enc_hook)
+decoder = msgspec.msgpack.Decoder(Ack | Results | Pong | ErrorReply,
+                                  ext_hook=payload.client_ext_hook)
 
 
