@@ -22,6 +22,12 @@ EMPTY = msgspec.Raw()
 NO_ARGS = msgspec.Raw(b"\x90")  # []
 NO_KWARGS = msgspec.Raw(b"\x80")  # {}
 PROTOCOL_VERSION = 1
+# The one task name whose arguments are pickled (a private Pool's lane; see
+# workers/pickle_lane.py). Not a valid ``module:function`` name, so it can
+# never collide with a task of an allowed module. args: [main, init, call]
+# where main names the caller's __main__ (str), init is the pickled
+# initializer or nil, call the pickled call; the value is pickled bytes.
+PICKLE_TASK = "@pickle"
 
 # ---------------------------------------------------------------- intake
 

@@ -173,7 +173,7 @@ def _capture(stdout: Connection | None, stderr: Connection | None) -> None:
 
 def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
          stdout: Connection | None = None, stderr: Connection | None = None,
-         running: Any = None) -> None:
+         running: Any = None, accept_pickle: bool = False) -> None:
     """Entry point of a worker process (target of multiprocessing.Process)."""
     _capture(stdout, stderr)
     # Own process group: the supervisor stops a worker and everything the
@@ -197,6 +197,10 @@ def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
     global PIPE_FD
     PIPE_FD = conn.fileno()
     tasks, errors = registry.load(allow)
+    if accept_pickle:  # a private Pool's worker only (tasks.accept_pickle)
+        from workers import pickle_lane
+
+        tasks.update(pickle_lane.tasks())
     conn.send_bytes(encoder.encode(Hello(os.getpid(), sorted(tasks), errors)))
     try:
         serve(conn, tasks, max_result_bytes, running)

@@ -33,6 +33,7 @@ from supervisor.errors import (
 )
 from supervisor.protocol import (
     NO_ARGS,
+    PICKLE_TASK,
     NO_KWARGS,
     PROTOCOL_VERSION,
     Ack,
@@ -132,6 +133,13 @@ def request_refusal(d: Daemon) -> RequestError | None:
 
 
 def name_refusal(d: Daemon, name: str) -> RequestError | None:
+    if name == PICKLE_TASK:
+        if d.cfg.tasks.accept_pickle:
+            return None  # a private Pool's daemon, before its workers said hello
+        return NotAllowed(
+            "pickled tasks are accepted only by a private supervisor.Pool's own daemon; "
+            "this daemon runs MessagePack tasks from tasks.allow"
+        )
     module, sep, fn = name.partition(":")
     if not sep or not module or not fn:
         return BadRequest(f"task name {name!r} is not 'module:function'")

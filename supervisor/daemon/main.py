@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 
 from supervisor import __version__, config
 from supervisor.daemon import logs
@@ -47,6 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"phalanxd: invalid config: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    return serve(cfg)
+
+
+def serve(cfg: config.Config, on_started: Callable[[], None] | None = None) -> int:
+    """Run a daemon with ``cfg`` until it stops; its exit code.
+
+    ``on_started`` runs once every socket is bound (a private Pool's entry
+    point tells its owner there, see supervisor/pool/entry.py)."""
     logs.configure(cfg.daemon.log_level, cfg.daemon.log_format)
     from supervisor.daemon.daemon import Daemon  # after logging is set up
 
@@ -56,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"phalanxd: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    if on_started is not None:
+        on_started()
     try:
         return daemon.run()
     except Exception:  # noqa: BLE001 - whatever escaped the loop is a bug; see below
@@ -70,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
                 slot.handle.signal_tree(signal.SIGKILL)
         sys.stderr.flush()
         os._exit(EXIT_CRASH)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -49,7 +49,8 @@ class SlotIO(DaemonState):
         slot.task_limit = limit
         try:
             handle = WorkerHandle.spawn(
-                self.mp, slot.index, self.allow, self.cfg.tasks.max_message_bytes
+                self.mp, slot.index, self.allow, self.cfg.tasks.max_message_bytes,
+                self.cfg.tasks.accept_pickle,  # issue 10: the private Pool's lane
             )
             handle.fs_generation = self.fs_generation
         except OSError as exc:

@@ -58,7 +58,8 @@ class WorkerHandle:
 
     @classmethod
     def spawn(
-        cls, ctx: BaseContext, slot: int, allow: list[str], max_bytes: int
+        cls, ctx: BaseContext, slot: int, allow: list[str], max_bytes: int,
+        accept_pickle: bool = False,
     ) -> WorkerHandle:
         parent, child = ctx.Pipe(duplex=True)
         out_r, out_w = ctx.Pipe(duplex=False)
@@ -69,7 +70,7 @@ class WorkerHandle:
         running = ctx.RawValue("q", 0)
         proc = ctx.Process(  # type: ignore[attr-defined]
             target=loop.main,
-            args=(child, slot, allow, max_bytes, out_w, err_w, running),
+            args=(child, slot, allow, max_bytes, out_w, err_w, running, accept_pickle),
             name=f"phalanx-worker-{slot}",
             daemon=False,
         )

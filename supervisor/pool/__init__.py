@@ -1,0 +1,12 @@
+"""``from supervisor import Pool``: multiprocessing.Pool on a private phalanxd.
+
+pool.py (Pool), results.py (AsyncResult, MapResult, IMapIterator),
+private.py (the private daemon: start, watch, stop), entry.py (its entry
+point), lane.py (pickling on the caller's side), executor.py
+(concurrent.futures.Executor over a Pool or a Client). docs/POOL.md.
+"""
+
+from supervisor.pool.pool import Pool
+from supervisor.pool.results import AsyncResult, IMapIterator, MapResult
+
+__all__ = ["Pool", "AsyncResult", "MapResult", "IMapIterator"]
