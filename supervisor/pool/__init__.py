@@ -6,7 +6,8 @@ point), lane.py (pickling on the caller's side), executor.py
 (concurrent.futures.Executor over a Pool or a Client). docs/POOL.md.
 """
 
+from supervisor.pool.executor import PhalanxExecutor
 from supervisor.pool.pool import Pool
 from supervisor.pool.results import AsyncResult, IMapIterator, MapResult
 
-__all__ = ["Pool", "AsyncResult", "MapResult", "IMapIterator"]
+__all__ = ["Pool", "PhalanxExecutor", "AsyncResult", "MapResult", "IMapIterator"]

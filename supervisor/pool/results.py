@@ -19,7 +19,7 @@ import collections
 import multiprocessing
 import threading
 from collections.abc import Callable, Generator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 Outcome = tuple[bool, Any]
@@ -68,10 +68,13 @@ class AsyncResult:
             self._callback(value)
         if not ok and self._error_callback is not None:
             self._error_callback(value)
-        if ok:
-            self.future.set_result(value)
-        else:
-            self.future.set_exception(value)
+        try:
+            if ok:
+                self.future.set_result(value)
+            else:
+                self.future.set_exception(value)
+        except InvalidStateError:
+            pass  # cancelled meanwhile (Executor.shutdown(cancel_futures=True))
 
     def _set_unit(self, start: int, outcomes: list[Outcome]) -> None:
         self._set(*outcomes[0])
