@@ -57,10 +57,10 @@ def test_run_in_executor_from_asyncio(pool: Pool) -> None:
 
 def test_dask_computes_on_a_private_pool(pool: Pool) -> None:
     dask = pytest.importorskip("dask")
-    import dask.delayed
+    from dask import delayed
 
-    parts = [dask.delayed(t.square)(i) for i in range(6)]
-    total = dask.delayed(sum)(parts)
+    parts = [delayed(t.square)(i) for i in range(6)]
+    total = delayed(sum)(parts)
     ex = PhalanxExecutor(pool)
     assert dask.compute(total, scheduler=ex) == (sum(i * i for i in range(6)),)
 

@@ -26,7 +26,10 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 from multiprocessing import spawn
-from multiprocessing.pool import ExceptionWithTraceback, MaybeEncodingError
+from multiprocessing.pool import (  # type: ignore[attr-defined]  # not in typeshed
+    ExceptionWithTraceback,
+    MaybeEncodingError,
+)
 from typing import Any
 
 from supervisor.protocol import PICKLE_TASK
@@ -86,19 +89,20 @@ def _run_items(fn: Callable[..., Any], kind: str, items: list[Any],
     return out
 
 
+def _encodable(ok: bool, value: Any) -> tuple[bool, Any]:
+    try:
+        pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - as multiprocessing: MaybeEncodingError
+        return (False, MaybeEncodingError(exc, value))
+    return (ok, value)
+
+
 def _dump(outcomes: list[tuple[bool, Any]]) -> bytes:
     try:
         return pickle.dumps(("ok", outcomes), pickle.HIGHEST_PROTOCOL)
-    except Exception:  # noqa: BLE001 - find which outcome cannot be pickled, below
-        pass
-    safe: list[tuple[bool, Any]] = []
-    for ok, value in outcomes:
-        try:
-            pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-            safe.append((ok, value))
-        except Exception as exc:  # noqa: BLE001 - as multiprocessing: MaybeEncodingError
-            safe.append((False, MaybeEncodingError(exc, value)))
-    return pickle.dumps(("ok", safe), pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - some outcome cannot be pickled: fail only that one
+        safe = [_encodable(ok, value) for ok, value in outcomes]
+        return pickle.dumps(("ok", safe), pickle.HIGHEST_PROTOCOL)
 
 
 def run(main: str, init: bytes | None, call: bytes) -> bytes:

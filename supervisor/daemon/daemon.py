@@ -47,7 +47,7 @@ from supervisor.config import Config
 from supervisor.core.slots import Slot, SlotState
 from supervisor.core.stats import LatencyHistogram, RateMeter
 from supervisor.core.tasks import TaskTable
-from supervisor.daemon import intake, reaper, runtime_dir
+from supervisor.daemon import autoreload, intake, reaper, runtime_dir
 from supervisor.daemon.control import dispatch as control
 from supervisor.daemon.lifecycle import Lifecycle
 from supervisor.daemon.notify import Notifier
@@ -183,6 +183,7 @@ class Daemon(SlotIO, Recovery, Lifecycle):
         for slot in self.slots:
             self.start_slot(slot)
         self.every(1.0, self._report_status)
+        autoreload.install(self)  # workers.reload_on_change (issue 10)
 
     def forkserver_preload(self) -> list[str]:
         # Each child re-runs the main script (phalanxd) before its target;

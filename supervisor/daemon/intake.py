@@ -33,8 +33,8 @@ from supervisor.errors import (
 )
 from supervisor.protocol import (
     NO_ARGS,
-    PICKLE_TASK,
     NO_KWARGS,
+    PICKLE_TASK,
     PROTOCOL_VERSION,
     Ack,
     ErrorReply,

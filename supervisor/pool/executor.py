@@ -96,7 +96,7 @@ class PhalanxExecutor(concurrent.futures.Executor):
             try:
                 yield results.next(left)
             except multiprocessing.TimeoutError:
-                raise TimeoutError(f"map results not ready within the timeout") from None
+                raise TimeoutError("map results not ready within the timeout") from None
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:

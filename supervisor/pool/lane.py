@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 try:  # optional: pip install 'phalanx[pool]'
-    import cloudpickle as _cloudpickle
+    import cloudpickle as _cloudpickle  # type: ignore[import-untyped,import-not-found,unused-ignore]
 except ImportError:  # pragma: no cover - depends on the environment
     _cloudpickle = None
 

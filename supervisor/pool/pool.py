@@ -158,8 +158,9 @@ class Pool:
             chunksize: int | None = None, *, timeout: float | None = None,
             max_attempts: int | None = None) -> list[Any]:
         """``[func(x) for x in iterable]`` across the workers, in order."""
-        return self._map_async(func, iterable, "map", chunksize, None, None,
-                               self._opts(timeout, max_attempts)).get()
+        result: list[Any] = self._map_async(func, iterable, "map", chunksize, None, None,
+                                            self._opts(timeout, max_attempts)).get()
+        return result
 
     def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any],
                   chunksize: int | None = None, callback: Callback = None,
@@ -172,8 +173,9 @@ class Pool:
                 chunksize: int | None = None, *, timeout: float | None = None,
                 max_attempts: int | None = None) -> list[Any]:
         """``[func(*args) for args in iterable]``, in order."""
-        return self._map_async(func, iterable, "star", chunksize, None, None,
-                               self._opts(timeout, max_attempts)).get()
+        result: list[Any] = self._map_async(func, iterable, "star", chunksize, None, None,
+                                            self._opts(timeout, max_attempts)).get()
+        return result
 
     def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                       chunksize: int | None = None, callback: Callback = None,
