@@ -20,7 +20,7 @@ import os
 import pickle
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, Self
 
@@ -259,5 +259,15 @@ class Pool:
         """Where ``phalanxctl --control`` reaches the private daemon."""
         return self._daemon.control
 
-    def __iter__(self) -> Iterator[Any]:  # pragma: no cover - guard against misuse
-        raise TypeError("'Pool' object is not iterable")
+    def workers(self, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Each worker slot as ``phalanxctl status`` shows it (state, pid,
+        current task...), from the private daemon's control socket."""
+        from supervisor.ctl import connection
+
+        slots: list[dict[str, Any]] = connection.call(self._daemon.control, "status",
+                                                      timeout=timeout)
+        return slots
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the workers running now (they change as workers are replaced)."""
+        return [s["pid"] for s in self.workers() if s["state"] == "RUNNING" and s["pid"]]
