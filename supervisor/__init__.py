@@ -1,6 +1,11 @@
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
 __all__ = ["Pool", "__version__"]
+
+if TYPE_CHECKING:
+    from supervisor.pool import Pool
 
 
 def __getattr__(name: str) -> object:
