@@ -21,7 +21,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# loky is measured against, never a runtime dependency: installed here only.
 bench: $(STAMP)
+	$(PY) -m pip install --quiet loky
 	$(PY) -m bench.run
 
 clean:
