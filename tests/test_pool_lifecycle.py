@@ -77,6 +77,7 @@ if os.environ.get("NO_CLOUDPICKLE"):
 from supervisor import Pool
 
 def cube(x):
+    print(f"cube of {x}", file=sys.stderr, flush=True)  # reaches the owner's stderr
     return x ** 3
 
 class Box:
@@ -105,6 +106,7 @@ def run_script(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
     script.write_text(textwrap.dedent(SCRIPT))
     return subprocess.Popen(
         [sys.executable, str(script)], stdout=subprocess.PIPE, stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True, env={**os.environ, "PYTHONPATH": str(REPO), **env}, cwd=tmp_path)
 
 
@@ -115,9 +117,11 @@ def test_functions_of_main_run_and_exit_without_close_leaves_nothing(
     script as spawn does) or by value (cloudpickle); the script returns
     without closing its pool and atexit stops it."""
     proc = run_script(tmp_path, NO_CLOUDPICKLE=no_cloudpickle, NO_CLOSE="1")
-    out, _ = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=60)
     daemon_pid, results = out.splitlines()
     assert results == "[0, 1, 8, 27, 64] 101"
+    # What a task prints reaches the owner's terminal, as with multiprocessing.
+    assert "cube of 4" in err
     assert proc.returncode == 0
     assert not psutil.pid_exists(int(daemon_pid)) or not alive(psutil.Process(int(daemon_pid)))
 
@@ -135,6 +139,7 @@ def test_owner_sigkilled_leaves_no_process(tmp_path: Path) -> None:
                message=lambda: f"left behind: {[p.pid for p in procs if alive(p)]}")
     proc.stdin.close()  # type: ignore[union-attr]
     proc.stdout.close()
+    proc.stderr.close()  # type: ignore[union-attr]
 
 
 def test_a_configured_daemon_refuses_pickle_at_intake(daemon: Daemon) -> None:

@@ -175,6 +175,13 @@ def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
          stdout: Connection | None = None, stderr: Connection | None = None,
          running: Any = None, accept_pickle: bool = False) -> None:
     """Entry point of a worker process (target of multiprocessing.Process)."""
+    if accept_pickle:
+        # A private Pool's worker: what tasks print goes to the owner's
+        # terminal (the fds inherited from its daemon), as with multiprocessing.
+        for stream in (stdout, stderr):
+            if stream is not None:
+                stream.close()
+        stdout = stderr = None
     _capture(stdout, stderr)
     # Own process group: the supervisor stops a worker and everything the
     # worker's tasks started with one killpg.

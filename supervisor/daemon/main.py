@@ -55,7 +55,7 @@ def serve(cfg: config.Config, on_started: Callable[[], None] | None = None) -> i
     """Run a daemon with ``cfg`` until it stops; its exit code.
 
     ``on_started`` runs once every socket is bound (a private Pool's entry
-    point tells its owner there, see supervisor/pool/entry.py)."""
+    point tells its owner there, see supervisor/daemon/private_entry.py)."""
     logs.configure(cfg.daemon.log_level, cfg.daemon.log_format)
     from supervisor.daemon.daemon import Daemon  # after logging is set up
 

@@ -1,7 +1,7 @@
 """A private phalanxd: the same daemon, started for one Pool and gone with it.
 
-    owner (Pool) --stdin: spec JSON, then held open--> python -m supervisor.pool.entry
-          <-- stdout: "ready" once bound ----------    phalanxd loop (same code)
+    owner (Pool) --stdin: spec JSON, then held open--> python -m supervisor.daemon.private_entry
+          <-- ready pipe: "ready" once bound ------    phalanxd loop (same code)
           --- ipc://<0700 temp dir>/intake ---------->   + workers (tasks.accept_pickle)
 
 No config file: the Config is built here (``private_config``). Endpoints are
@@ -10,7 +10,7 @@ ipc sockets in a fresh 0700 directory, so only this user can reach them
 travel here). The child is in its own session (a Ctrl-C in the terminal is
 for the owner, not for its pool) and stops when the owner closes its stdin,
 or when the owner dies without closing: the kernel closes the pipe even
-after SIGKILL (see entry.py). ``atexit`` stops every pool still running.
+after SIGKILL (see supervisor/daemon/private_entry.py). ``atexit`` stops every pool still running.
 """
 
 from __future__ import annotations
@@ -54,7 +54,11 @@ def private_config(directory: Path, processes: int, maxtasksperchild: int | None
     return msgspec.convert({
         "daemon": {"runtime_dir": str(directory / "run"), "log_level": "warning",
                    "log_format": "console"},
+        # Preloaded in the fork server: every worker starts with the pickle
+        # lane (and cloudpickle, when installed) already imported.
         "workers": {"count": processes, "start_method": start_method,
+                    "preload": ["workers.pickle_lane",
+                                *(["cloudpickle"] if _has_cloudpickle() else [])],
                     "max_tasks_per_worker": maxtasksperchild or 0, "recycle_jitter": 0.0},
         "endpoints": {"intake": f"ipc://{directory}/intake",
                       "publisher": f"ipc://{directory}/pub",
@@ -63,6 +67,12 @@ def private_config(directory: Path, processes: int, maxtasksperchild: int | None
                   "max_message_bytes": MAX_MESSAGE_BYTES},
         "shutdown": {"grace": STOP_GRACE, "stop_timeout": WORKER_STOP},
     }, config_mod.Config)
+
+
+def _has_cloudpickle() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("cloudpickle") is not None
 
 
 def _short_tempdir() -> Path:
@@ -84,27 +94,34 @@ class PrivateDaemon:
         self.control = self.config.control_endpoint
         self._lock = threading.Lock()
         env = {k: v for k, v in os.environ.items() if k not in _SCRUB_ENV}
-        from supervisor.pool.entry import Spec
+        from supervisor.daemon.private_entry import Spec
 
-        spec = msgspec.json.encode(Spec(self.config, list(sys.path), os.getpid())) + b"\n"
+        ready_r, ready_w = os.pipe()
+        spec = msgspec.json.encode(
+            Spec(self.config, list(sys.path), os.getpid(), ready_w)) + b"\n"
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "supervisor.pool.entry"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                [sys.executable, "-m", "supervisor.daemon.private_entry"],
+                stdin=subprocess.PIPE, env=env, pass_fds=(ready_w,),
                 start_new_session=True,
             )
         except OSError:
+            os.close(ready_r)
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
+        finally:
+            os.close(ready_w)
         _LIVE.add(self)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(spec)
             self.proc.stdin.flush()
-            self._wait_ready(self.proc.stdout.fileno())
+            self._wait_ready(ready_r)
         except BaseException:
             self.stop()
             raise
+        finally:
+            os.close(ready_r)
 
     @property
     def pid(self) -> int:
@@ -151,8 +168,6 @@ class PrivateDaemon:
                 self.proc.kill()
                 code = self.proc.wait(STOP_TIMEOUT)
             _wait_gone(procs, STOP_TIMEOUT)
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
             shutil.rmtree(self.dir, ignore_errors=True)
             _LIVE.discard(self)
             return code

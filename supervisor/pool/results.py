@@ -14,7 +14,6 @@ Outcomes arrive per unit (one call, or one chunk of a map) as a list of
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import multiprocessing
 import threading
@@ -58,6 +57,8 @@ class AsyncResult:
             raise multiprocessing.TimeoutError from None
 
     def __await__(self) -> Generator[Any, None, Any]:
+        import asyncio  # here: asyncio costs ~30 ms to import, most callers never await
+
         return asyncio.wrap_future(self.future).__await__()
 
     def _set(self, ok: bool, value: Any) -> None:

@@ -1,4 +1,4 @@
-"""The private daemon's entry point: ``python -m supervisor.pool.entry``.
+"""The private daemon's entry point: ``python -m supervisor.daemon.private_entry``.
 
 Started by supervisor/pool/private.py, never by hand. No config file: the
 owner writes one JSON line on our stdin (a ``Spec``: the Config built in
@@ -9,8 +9,9 @@ makes us SIGTERM ourselves, which the daemon answers by draining and
 stopping its workers. One tiny thread watches; the daemon's loop stays the
 single thread that does anything (the thread only sends a signal).
 
-Once every socket is bound we write ``ready`` on stdout, the owner's cue to
-connect.
+Once every socket is bound we write ``ready`` on a pipe the owner passed
+(``ready_fd``), its cue to connect. stdout and stderr stay the owner's: the
+daemon's warnings and the workers' output appear where the owner's would.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Spec(msgspec.Struct, frozen=True):
     config: Config
     sys_path: list[str]
     owner: int  # the owner's pid: a different parent means it is gone
+    ready_fd: int  # where to write "ready" (stdout stays the owner's, for task output)
 
 
 def _watch_owner(parent: int) -> None:
@@ -53,9 +55,11 @@ def _watch_owner(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _ready() -> None:
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
+def _ready(fd: int) -> None:
+    try:
+        os.write(fd, b"ready\n")
+    finally:
+        os.close(fd)
 
 
 def main() -> int:
@@ -63,7 +67,7 @@ def main() -> int:
     try:
         spec = msgspec.json.decode(line, type=Spec)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        print(f"supervisor.pool.entry: bad spec on stdin: {exc}", file=sys.stderr)
+        print(f"supervisor.daemon.private_entry: bad spec on stdin: {exc}", file=sys.stderr)
         return 2
     # The owner's import path, so workers import the owner's modules (the
     # forkserver inherits it from this process, as multiprocessing's spawn).
@@ -72,7 +76,7 @@ def main() -> int:
                      daemon=True).start()
     from supervisor.daemon.main import serve
 
-    return serve(spec.config, on_started=_ready)
+    return serve(spec.config, on_started=lambda: _ready(spec.ready_fd))
 
 
 if __name__ == "__main__":
