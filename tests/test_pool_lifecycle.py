@@ -118,11 +118,11 @@ def test_functions_of_main_run_and_exit_without_close_leaves_nothing(
     without closing its pool and atexit stops it."""
     proc = run_script(tmp_path, NO_CLOUDPICKLE=no_cloudpickle, NO_CLOSE="1")
     out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
     daemon_pid, results = out.splitlines()
-    assert results == "[0, 1, 8, 27, 64] 101"
+    assert results == "[0, 1, 8, 27, 64] 101", out + err
     # What a task prints reaches the owner's terminal, as with multiprocessing.
     assert "cube of 4" in err
-    assert proc.returncode == 0
     assert not psutil.pid_exists(int(daemon_pid)) or not alive(psutil.Process(int(daemon_pid)))
 
 

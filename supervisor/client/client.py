@@ -356,10 +356,13 @@ class Client(_Api):
 
     # ---------------------------------------------------------- submission
     def _submit_one(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
-                    opts: Opts) -> AsyncResult:
+                    opts: Opts, on_done: Callable[[Future[Any]], object] | None = None
+                    ) -> AsyncResult:
         if self._closing:
             raise RuntimeError("client is closed")
         fut = AsyncResult()
+        if on_done is not None:  # before it is sent: then it always runs on the I/O thread
+            fut.add_done_callback(on_done)
         task_id = f"{self._prefix}{next(self._counter)}"
         self._pending[task_id] = fut
         self._outq.append((task_id, name, args, kwargs, opts, False))

@@ -122,9 +122,11 @@ class Pool:
         except Exception as exc:  # noqa: BLE001 - as multiprocessing: get() raises it
             sink._set_unit(start, [(False, exc)] * len(items))
             return
-        fut = self._client._submit_one(PICKLE_TASK, (self._main, self._init, blob), None, opts)
         count = len(items)
-        fut.add_done_callback(lambda f: sink._set_unit(start, _decode(f, count)))
+        # Callbacks run on the client's I/O thread, never inside apply_async
+        # (as multiprocessing's run on its result thread).
+        self._client._submit_one(PICKLE_TASK, (self._main, self._init, blob), None, opts,
+                                 lambda f: sink._set_unit(start, _decode(f, count)))
 
     def _chunks(self, func: Callable[..., Any], kind: str, items: list[Any],
                 chunksize: int, sink: Any, opts: Opts) -> None:
