@@ -34,7 +34,12 @@ def all_gone(procs: list[psutil.Process]) -> bool:
     return not any(alive(p) for p in procs)
 
 
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
 def test_close_join_waits_for_work_then_leaves_no_process() -> None:
+    fds = open_fds()
     pool = Pool(2, initializer=t.remember, initargs=("greeting", "hello"))
     procs = tree(pool.daemon_pid)
     assert len(procs) >= 3  # the daemon, its forkserver, two workers
@@ -49,6 +54,7 @@ def test_close_join_waits_for_work_then_leaves_no_process() -> None:
     assert pending.get(0) == [None] * 4  # join waited for it
     assert all_gone(procs)
     assert not Path(pool.control_endpoint.removeprefix("ipc://")).parent.exists()
+    assert open_fds() <= fds  # no pipe, socket or wake fd left open
 
 
 def test_terminate_and_context_manager_stop_at_once() -> None:
