@@ -55,6 +55,20 @@ def _watch_owner(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _start_forkserver_early(cfg: Config) -> None:
+    """Start the fork server now, so that it imports its preload while this
+    process imports the daemon (two interpreters starting side by side
+    instead of one after the other: most of a Pool's start-up). The list is
+    the daemon's own (Daemon.forkserver_preload); the daemon then finds the
+    server running and uses it."""
+    from multiprocessing import forkserver
+
+    forkserver.set_forkserver_preload(
+        ["supervisor.daemon.main", "multiprocessing.sharedctypes", "workers.loop",
+         *cfg.tasks.allow, *cfg.workers.preload])
+    forkserver.ensure_running()
+
+
 def _ready(fd: int) -> None:
     try:
         os.write(fd, b"ready\n")
@@ -74,6 +88,8 @@ def main() -> int:
     sys.path[:] = spec.sys_path
     threading.Thread(target=_watch_owner, args=(spec.owner,), name="owner-watch",
                      daemon=True).start()
+    if spec.config.workers.start_method == "forkserver":
+        _start_forkserver_early(spec.config)
     from supervisor.daemon.main import serve
 
     return serve(spec.config, on_started=lambda: _ready(spec.ready_fd))
