@@ -165,3 +165,38 @@ def test_a_config_file_cannot_turn_pickle_on(tmp_path: Path) -> None:
     path.write_text("[tasks]\naccept_pickle = true\n")
     with pytest.raises(ConfigError, match=r"tasks\.accept_pickle"):
         config.load(path)
+
+
+UNGUARDED = """
+import sys
+sys.modules["cloudpickle"] = None  # by reference: workers import this script
+from supervisor import Pool
+
+def double(x):
+    return 2 * x
+
+pool = Pool(1)  # no `if __name__ == "__main__":` guard
+try:
+    print(pool.map(double, [1, 2]))
+finally:
+    pool.terminate()
+"""
+
+
+def test_an_unguarded_main_script_fails_with_a_clear_error(tmp_path: Path) -> None:
+    """As with multiprocessing's spawn: the worker importing the script would
+    start pools without end; it refuses, and the caller gets why."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
+    assert run.returncode == 1
+    assert "RuntimeError" in run.stderr
+    assert "if __name__ == '__main__':" in run.stderr
+
+
+def test_numpy_arrays_travel_by_pickle_on_a_private_pool() -> None:
+    np = pytest.importorskip("numpy")
+    with Pool(1) as pool:
+        out = pool.apply(np.add, (np.arange(10, dtype=np.float32), 1))
+    assert out.dtype == np.float32 and out.tolist() == [float(i + 1) for i in range(10)]
