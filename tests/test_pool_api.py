@@ -90,6 +90,27 @@ def test_imap_raises_at_the_failing_item_and_goes_on(pools: Both) -> None:
     assert same(pools, walk) == [0, 1, 2, "bad item 3", 4, 5]
 
 
+def test_imap_reads_a_generator_and_its_failure_lands_in_place(pools: Both) -> None:
+    def numbers() -> Iterator[int]:
+        yield from range(4)
+        raise LookupError("input ran dry")
+
+    def walk(p: Any) -> list[Any]:
+        out: list[Any] = []
+        it = p.imap(t.square, numbers())
+        while True:
+            try:
+                out.append(it.next(10))
+            except StopIteration:
+                return out
+            except LookupError as exc:
+                out.append(repr(exc))
+
+    assert same(pools, walk) == [0, 1, 4, 9, "LookupError('input ran dry')"]
+    assert same(pools, lambda p: sorted(p.imap_unordered(t.square, iter(range(30)), 4))) == [
+        x * x for x in range(30)]
+
+
 def test_async_result_protocol(pools: Both) -> None:
     def protocol(p: Any) -> tuple[Any, ...]:
         r = p.apply_async(t.sleep_then, (0.5, "late"))

@@ -16,11 +16,12 @@ run before its worker is killed: TaskError Timeout) and ``max_attempts``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, Self
 
@@ -217,10 +218,28 @@ class Pool:
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         result = IMapIterator(ordered)
-        items = list(iterable)
-        self._chunks(func, "map", items, chunksize, result, opts)
-        result._set_length(len(items))
+        if isinstance(iterable, list | tuple | range):
+            self._chunks(func, "map", list(iterable), chunksize, result, opts)
+            result._set_length(len(iterable))
+        else:  # a generator may be long or slow: read it while results flow
+            threading.Thread(target=self._feed, args=(func, iter(iterable), chunksize, result,
+                             opts), name="phalanx-pool-imap", daemon=True).start()
         return result
+
+    def _feed(self, func: Callable[[Any], Any], it: Iterator[Any], chunksize: int,
+              result: IMapIterator, opts: Opts) -> None:
+        """Submit an imap's input chunk by chunk, as multiprocessing's task
+        thread does. If the input raises, next() raises that at its place."""
+        count = 0
+        try:
+            while chunk := list(itertools.islice(it, chunksize)):
+                self._submit(func, "map", chunk, {}, count, result, opts)
+                count += len(chunk)
+        except Exception as exc:  # noqa: BLE001 - the caller's generator failed: its outcome
+            result._set_unit(count, [(False, exc)])
+            count += 1
+        finally:
+            result._set_length(count)
 
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:
