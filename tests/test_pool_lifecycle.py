@@ -68,6 +68,23 @@ def test_terminate_and_context_manager_stop_at_once() -> None:
     assert info.value.type == "ClientClosed"
 
 
+def test_the_private_daemon_dying_fails_what_waits_instead_of_hanging() -> None:
+    pool = Pool(1)
+    procs = tree(pool.daemon_pid)
+    slow = pool.apply_async(t.sleep_then, (1.0, "never"))
+    wait_until(lambda: any(s.get("current") for s in pool.workers()), 10)
+    os.kill(pool.daemon_pid, signal.SIGKILL)  # as the OOM killer would
+    with pytest.raises(TaskError) as info:
+        slow.get(10)
+    assert info.value.type == "ClientClosed" and "died" in info.value.message
+    with pytest.raises(ValueError, match="Pool not running"):
+        pool.apply(t.square, (1,))
+    pool.terminate()
+    # Its worker finishes the task it holds, sees its pipe closed and exits.
+    wait_until(lambda: all_gone(procs), 15,
+               message=lambda: f"left behind: {[p.pid for p in procs if alive(p)]}")
+
+
 def test_maxtasksperchild_replaces_workers() -> None:
     with Pool(1, maxtasksperchild=2) as pool:
         pids = [pool.apply(t.pid) for _ in range(6)]

@@ -249,6 +249,7 @@ class Client(_Api):
         self._idle = False
         self._closing = False
         self._stop = False
+        self._stop_reason = ""
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -282,8 +283,9 @@ class Client(_Api):
         if not self._thread.is_alive():
             self._release()
 
-    def terminate(self) -> None:
-        """Stop now; pending futures fail with ClientClosed."""
+    def terminate(self, reason: str = "client terminated before this task finished") -> None:
+        """Stop now; pending futures fail with ClientClosed (message: ``reason``)."""
+        self._stop_reason = reason
         self._closing = True
         self._stop = True
         self._wake()
@@ -450,7 +452,7 @@ class Client(_Api):
         outq = self._outq
         while True:
             if self._stop:
-                self._fail_all("ClientClosed", "client terminated before this task finished")
+                self._fail_all("ClientClosed", self._stop_reason)
                 return
             if outq:
                 self._send_queued(sock)

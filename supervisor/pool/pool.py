@@ -27,6 +27,7 @@ from typing import Any, Self
 
 from supervisor.client.client import Client
 from supervisor.client.wire import NO_OPTS, Opts
+from supervisor.errors import describe_exit
 from supervisor.pool import lane
 from supervisor.pool.private import PrivateDaemon
 from supervisor.pool.results import (
@@ -55,6 +56,16 @@ def _decode(fut: Future[Any], count: int) -> list[Outcome]:
     if status == "error":
         return [(False, payload)] * count
     return list(payload)
+
+
+def _daemon_died(ref: weakref.ref[Pool], code: int) -> None:
+    pool = ref()
+    client = getattr(pool, "_client", None)
+    if pool is None or client is None:
+        return  # gone, or still starting: Pool() itself reports the failure
+    pool._state = TERMINATE
+    client.terminate(
+        f"the pool's private phalanxd died ({describe_exit(code)}) before this task finished")
 
 
 def _shutdown(client: Client, daemon: PrivateDaemon) -> None:
@@ -89,7 +100,9 @@ class Pool:
         self._state = RUN
         self._main = lane.main_ref()
         self._init = lane.dumps((initializer, tuple(initargs))) if initializer else None
-        self._daemon = PrivateDaemon(processes, maxtasksperchild)
+        this = weakref.ref(self)
+        self._daemon = PrivateDaemon(processes, maxtasksperchild,
+                                     on_death=lambda code: _daemon_died(this, code))
         try:
             self._client = Client(self._daemon.intake)
         except BaseException:
@@ -277,7 +290,7 @@ class Pool:
 
     @property
     def control_endpoint(self) -> str:
-        """Where ``phalanxctl --control`` reaches the private daemon."""
+        """Where ``phalanxctl --endpoint`` reaches the private daemon."""
         return self._daemon.control
 
     def workers(self, timeout: float = 5.0) -> list[dict[str, Any]]:

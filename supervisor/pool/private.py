@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -87,12 +88,14 @@ class PrivateDaemon:
     """One private phalanxd child process and its directory."""
 
     def __init__(self, processes: int, maxtasksperchild: int | None = None,
-                 start_method: str = "forkserver") -> None:
+                 start_method: str = "forkserver",
+                 on_death: Callable[[int], None] | None = None) -> None:
         self.dir = _short_tempdir()
         self.config = private_config(self.dir, processes, maxtasksperchild, start_method)
         self.intake = self.config.endpoints.intake
         self.control = self.config.control_endpoint
         self._lock = threading.Lock()
+        self.stopping = False
         env = {k: v for k, v in os.environ.items() if k not in _SCRUB_ENV}
         from supervisor.daemon.private_entry import Spec
 
@@ -122,6 +125,16 @@ class PrivateDaemon:
             raise
         finally:
             os.close(ready_r)
+        if on_death is not None:
+            threading.Thread(target=self._watch, args=(on_death,), name="phalanx-pool-watch",
+                             daemon=True).start()
+
+    def _watch(self, on_death: Callable[[int], None]) -> None:
+        """Report a death nobody asked for (an OOM kill of the daemon, say),
+        so that what waits on it fails instead of hanging."""
+        code = self.proc.wait()
+        if not self.stopping:
+            on_death(code)
 
     @property
     def pid(self) -> int:
@@ -148,6 +161,7 @@ class PrivateDaemon:
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """Close its stdin (it drains and stops its workers), wait at most
         ``timeout``, then SIGKILL it and whatever it started. Idempotent."""
+        self.stopping = True
         with self._lock:
             procs = self._tree()
             if self.proc.stdin is not None and not self.proc.stdin.closed:
