@@ -44,7 +44,9 @@ supervisorctl: $(VENV)/supervisorctl/bin/supervisorctl
 $(VENV)/supervisorctl/bin/supervisorctl: $(STAMP)
 	$(PY) -m tests.supervisorctl_venv
 
+# loky is measured against, never a runtime dependency: installed here only.
 bench: $(STAMP)
+	$(PY) -m pip install --quiet loky
 	$(PY) -m bench.run
 
 clean:

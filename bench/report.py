@@ -93,6 +93,22 @@ def targets(r: dict[str, Any]) -> list[Target]:
     absolute("Kill -> task.retried, p50", ("crash_recovery", "task_in_flight", "retried", "published", "p50"), 10.0)
     absolute("Poison task: submit -> WorkerCrashed, p50", ("poison", "submit_to_error", "p50"), 100.0)
 
+    def pool_ratio(name: str, ours: float | None, alt: float | None, alt_label: str,
+                   at_most: float) -> None:
+        ratio = _ratio(ours, alt)
+        out.append(Target(name, None if ours is None else ours * 1000,
+                          None if alt is None else alt * 1000, alt_label, ratio,
+                          f"ratio <= {at_most:g}", None if ratio is None else ratio <= at_most, "ms"))
+
+    pool_ratio("Pool(4) start to first result vs multiprocessing.Pool(4)",
+               _get(r, "pool", "start_to_first_result_s", "ours"),
+               _get(r, "pool", "start_to_first_result_s", "mp"), "multiprocessing.Pool(4)", 2.0)
+    seed = _get(r, "pool", "seed_map_s") or {}
+    for alt_key, label in (("mp.pool", "multiprocessing.Pool.map"),
+                           ("ppe", "ProcessPoolExecutor.map"), ("loky", "loky executor map")):
+        pool_ratio(f"Seed CPU-bound map: Pool.map vs {label}", seed.get("phalanx.pool"),
+                   seed.get(alt_key), label, 1.25)
+
     alt = _get(r, "memory", "supervisord", "process", "rss")
     source = _get(r, "memory", "supervisord", "source") or "?"
     for key, when in (("phalanx_after_throughput", "after throughput"), ("phalanx_at_ready", "idle at ready")):
@@ -216,6 +232,16 @@ def render(r: dict[str, Any], ts: list[Target]) -> str:
     if isinstance(ca, dict) and "in_flight" in ca:
         parts += ["", "The same kill under the alternatives:"]
         parts += [f"  {k}: {v}" for k, v in ca["in_flight"].items()]
+    po = r.get("pool")
+    if isinstance(po, dict) and "error" not in po:
+        st = po["start_to_first_result_s"]
+        parts += ["", f"supervisor.Pool (median of rounds): Pool(4) start to first result "
+                      f"{st['ours'] * 1000:.0f} ms, multiprocessing.Pool(4) {st['mp'] * 1000:.0f} ms "
+                      f"({po['mp_start_method']}); the seed's CPU-bound map of {po['seed_items']} "
+                      f"items, {meta.get('workers')} workers, seconds: "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in po["seed_map_s"].items())]
+        if po.get("note"):
+            parts.append(f"  {po['note']}")
     rows = []
     for t in ts:
         verdict = "ERROR" if t.passed is None else ("PASS" if t.passed else "MISS")

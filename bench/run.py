@@ -6,7 +6,8 @@
                                         +-- numpy arrays: 100 MB round trip, chunked reduction
                                         +-- crash recovery: SIGKILL idle / busy workers
                                         +-- poison task: crash('kill') until WorkerCrashed
-    then, without phalanxd: Pool/PPE under the same kills, supervisord's RSS
+    then, without phalanxd: Pool/PPE under the same kills, supervisord's RSS,
+    supervisor.Pool (its own private phalanxd) against Pool/PPE/loky (pool.py)
 
 Progress goes to stderr as it happens; the report (or, with ``--json``, the
 JSON) goes to stdout; the JSON is always written to ``--out``. A section
@@ -31,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import alt_crash, arrays, latency, memory, recovery, report, throughput
+from bench import alt_crash, arrays, latency, memory, pool, recovery, report, throughput
 from bench.harness import CONFIG_CHANGES, REPO, WORKERS, PhalanxUnderTest, say
 
 
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             _section(results, "poison", lambda: recovery.poison(d, poison_reps), d)
             say("stopping phalanxd")
         _section(results, "crash_alternatives", lambda: alt_crash.run(min(crash_reps, 10)))
+        _section(results, "pool", lambda: pool.run(rounds))
         if args.no_supervisord:
             memory_results["supervisord"] = memory.reference("measurement skipped: --no-supervisord")
         else:

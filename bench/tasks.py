@@ -13,11 +13,16 @@ import signal
 import time
 from typing import Any
 
-__all__ = ["noop", "sleep", "stamp_and_sleep", "stamp_and_die"]
+__all__ = ["noop", "sleep", "stamp_and_sleep", "stamp_and_die", "cpu"]
 
 
 def noop(x: Any = None) -> None:
     """Do nothing."""
+
+
+def cpu(n: int) -> int:
+    """The seed's CPU-bound function: pure-Python arithmetic over range(n)."""
+    return sum(i * i % 7 for i in range(n))
 
 
 def sleep(seconds: float) -> float:

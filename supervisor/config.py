@@ -55,6 +55,10 @@ class WorkersSection(_Section, frozen=True):
     max_tasks_per_worker: NonNegInt = 0
     max_memory_mb: NonNegInt = 0
     recycle_jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.1
+    # Development: poll the task modules' files once a second and roll the
+    # workers (as `phalanxctl reload` does) when one changed. Off in
+    # production: a half-saved file would be loaded as it is.
+    reload_on_change: bool = False
 
 
 class EndpointsSection(_Section, frozen=True):
@@ -98,6 +102,11 @@ class TasksSection(_Section, frozen=True):
     # allowed modules. Relative ones are taken from the config file's
     # folder. Unset: the config file's folder (none without a file).
     path: list[str] | None = None
+    # Pickled callables and arguments (the task named supervisor.pool.lane's
+    # PICKLE_TASK). Only a private Pool's daemon sets this, in code: a
+    # config file may not (parse() refuses the key), so a configured
+    # daemon's intake never accepts pickle. docs/POOL.md.
+    accept_pickle: bool = False
 
 
 class RestartSection(_Section, frozen=True):
@@ -271,6 +280,12 @@ def parse(data: dict[str, Any], where: str = "<config>") -> Config:
     """Validate an already-parsed TOML mapping."""
     if "source" in data:
         raise ConfigError(f"{where}: source: not a configuration key")
+    tasks = data.get("tasks")
+    if isinstance(tasks, dict) and "accept_pickle" in tasks:
+        raise ConfigError(
+            f"{where}: tasks.accept_pickle: not a configuration key; only a private "
+            "Pool's own daemon accepts pickle (supervisor.Pool)"
+        )
     try:
         cfg = msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:

@@ -28,6 +28,13 @@ PROTOCOL_VERSION = 1
 # as garbage from the worker. Deeper results fail as Unserializable.
 MAX_NESTING = 900
 
+# The one task name whose arguments are pickled (a private Pool's lane; see
+# workers/pickle_lane.py). Not a valid ``module:function`` name, so it can
+# never collide with a task of an allowed module. args: [main, init, call]
+# where main names the caller's __main__ (str), init is the pickled
+# initializer or nil, call the pickled call; the value is pickled bytes.
+PICKLE_TASK = "@pickle"
+
 # ---------------------------------------------------------------- intake
 
 

@@ -96,6 +96,10 @@ def test_demo_answers_every_task_exactly_once_while_workers_die(short_dir: Path)
     assert s["quarantined"] >= 4
     assert s["daemon_exit_code"] == 0
     assert s["workers_left"] == []
+    # The Pool part: the seed's code with a worker SIGKILLed mid-map.
+    assert s["pool"]["results_right"] is True
+    assert s["pool"]["killed_mid_task"] and s["pool"]["replaced"] is True
+    assert s["pool"]["processes_left"] == []
     assert elapsed < 60
 
 

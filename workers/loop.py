@@ -194,11 +194,20 @@ def _capture(stdout: Connection | None, stderr: Connection | None) -> None:
 
 def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
          stdout: Connection | None = None, stderr: Connection | None = None,
-         running: Any = None, started: Any = None, path: list[str] | None = None) -> None:
+         running: Any = None, started: Any = None, path: list[str] | None = None,
+         accept_pickle: bool = False) -> None:
     """Entry point of a worker process (target of multiprocessing.Process).
 
     ``path``: folders put at the front of ``sys.path`` before the allowed
-    modules are imported (config ``tasks.path``)."""
+    modules are imported (config ``tasks.path``). ``accept_pickle``: a
+    private Pool's worker, which also runs pickled calls."""
+    if accept_pickle:
+        # A private Pool's worker: what tasks print goes to the owner's
+        # terminal (the fds inherited from its daemon), as with multiprocessing.
+        for stream in (stdout, stderr):
+            if stream is not None:
+                stream.close()
+        stdout = stderr = None
     _capture(stdout, stderr)
     # Own process group: the supervisor stops a worker and everything the
     # worker's tasks started with one killpg.
@@ -225,6 +234,10 @@ def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
             sys.path.insert(0, folder)
     tasks, errors = registry.load(allow)
     payload.shm.sweep_orphans()  # segments of dead workers and clients nobody read
+    if accept_pickle:  # a private Pool's worker only (tasks.accept_pickle)
+        from workers import pickle_lane
+
+        tasks.update(pickle_lane.tasks())
     hello = Hello(os.getpid(), sorted(tasks), registry.describe_errors(errors))
     conn.send_bytes(encoder.encode(hello))
     try:

@@ -260,6 +260,7 @@ class Client(_Api):
         self._idle = False
         self._closing = False
         self._stop = False
+        self._stop_reason = ""
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -293,8 +294,9 @@ class Client(_Api):
         if not self._thread.is_alive():
             self._release()
 
-    def terminate(self) -> None:
-        """Stop now; pending futures fail with ClientClosed."""
+    def terminate(self, reason: str = "client terminated before this task finished") -> None:
+        """Stop now; pending futures fail with ClientClosed (message: ``reason``)."""
+        self._stop_reason = reason
         self._closing = True
         self._stop = True
         self._wake()
@@ -369,10 +371,13 @@ class Client(_Api):
 
     # ---------------------------------------------------------- submission
     def _submit_one(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
-                    opts: Opts) -> AsyncResult:
+                    opts: Opts, on_done: Callable[[Future[Any]], object] | None = None
+                    ) -> AsyncResult:
         if self._closing:
             raise RuntimeError("client is closed")
         fut = AsyncResult()
+        if on_done is not None:  # before it is sent: then it always runs on the I/O thread
+            fut.add_done_callback(on_done)
         task_id = f"{self._prefix}{next(self._counter)}"
         self._pending[task_id] = fut
         self._outq.append((task_id, name, args, kwargs, opts, False))
@@ -460,7 +465,7 @@ class Client(_Api):
         outq = self._outq
         while True:
             if self._stop:
-                self._fail_all("ClientClosed", "client terminated before this task finished")
+                self._fail_all("ClientClosed", self._stop_reason)
                 return
             if outq:
                 self._send_queued(sock)

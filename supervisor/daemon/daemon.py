@@ -46,7 +46,7 @@ from supervisor import __version__
 from supervisor.config import Config
 from supervisor.core.stats import RateMeter
 from supervisor.core.tasks import Task
-from supervisor.daemon import intake, reload, runtime_dir, shutdown
+from supervisor.daemon import autoreload, intake, reload, runtime_dir, shutdown
 from supervisor.daemon.control import dispatch as control
 from supervisor.daemon.loop import EventLoop
 from supervisor.daemon.notify import Notifier
@@ -116,6 +116,7 @@ class Daemon:
         )
         self.pool.start()
         self.loop.every(1.0, self._every_second)
+        autoreload.install(self)  # workers.reload_on_change
 
     def _bind_sockets(self) -> None:
         self.ctx = zmq.Context()

@@ -36,6 +36,7 @@ from supervisor.errors import (
 from supervisor.protocol import (
     NO_ARGS,
     NO_KWARGS,
+    PICKLE_TASK,
     PROTOCOL_VERSION,
     Ack,
     ErrorReply,
@@ -135,6 +136,13 @@ def request_refusal(d: Daemon) -> RequestError | None:
 
 
 def name_refusal(d: Daemon, name: str) -> RequestError | None:
+    if name == PICKLE_TASK:
+        if d.cfg.tasks.accept_pickle:
+            return None  # a private Pool's daemon, before its workers said hello
+        return NotAllowed(
+            "pickled tasks are accepted only by a private supervisor.Pool's own daemon; "
+            "this daemon runs MessagePack tasks from tasks.allow"
+        )
     module, sep, fn = name.partition(":")
     if not sep or not module or not fn:
         return BadRequest(f"task name {name!r} is not 'module:function'")

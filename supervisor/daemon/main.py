@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import traceback
+from collections.abc import Callable
 
 from supervisor import __version__, config
 from supervisor.daemon import logs
@@ -93,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"phalanxd: invalid config: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    return serve(cfg)
+
+
+def serve(cfg: config.Config, on_started: Callable[[], None] | None = None) -> int:
+    """Run a daemon with ``cfg`` until it stops; its exit code.
+
+    ``on_started`` runs once every socket is bound (a private Pool's entry
+    point tells its owner there, see supervisor/daemon/private_entry.py)."""
     logs.configure(cfg.daemon.log_level, cfg.daemon.log_format)
     from supervisor.daemon import shutdown
     from supervisor.daemon.daemon import Daemon  # after logging is set up
@@ -103,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"phalanxd: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    if on_started is not None:
+        on_started()
     from supervisor.daemon.observe.service import Observers
 
     try:
@@ -126,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         daemon.pool.kill_all()
         sys.stderr.flush()
         os._exit(EXIT_CRASH)
-
 
 if __name__ == "__main__":
     sys.exit(main())

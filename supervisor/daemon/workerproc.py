@@ -61,6 +61,7 @@ class WorkerHandle:
     def spawn(
         cls, ctx: BaseContext, slot: int, allow: list[str], max_bytes: int,
         path: list[str] | None = None,
+        accept_pickle: bool = False,
     ) -> WorkerHandle:
         parent, child = ctx.Pipe(duplex=True)
         out_r, out_w = ctx.Pipe(duplex=False)
@@ -74,7 +75,8 @@ class WorkerHandle:
         started = ctx.RawValue("d", 0.0)
         proc = ctx.Process(  # type: ignore[attr-defined]
             target=loop.main,
-            args=(child, slot, allow, max_bytes, out_w, err_w, running, started, path or []),
+            args=(child, slot, allow, max_bytes, out_w, err_w, running, started, path or [],
+                  accept_pickle),
             name=f"phalanx-worker-{slot}",
             daemon=False,
         )

@@ -54,6 +54,7 @@ import supervisor
 from supervisor import config as config_mod
 from supervisor.client import Client
 from supervisor.ctl import connection as ctlclient
+from supervisor.demo import seed
 from supervisor.demo.chaos import Watch, chaos_main, settle, subscribe_handshake, watch_main
 from supervisor.demo.daemon import (
     CannotStart,
@@ -225,6 +226,8 @@ def run(args: argparse.Namespace) -> int:
         s["daemon_exit_code"] = exit_code
         s["worker_processes_seen"] = len(workers.seen)
         s["workers_left"] = workers.left()
+        say("demo: now the seed's multiprocessing code on supervisor.Pool")
+        s["pool"] = seed.run()
         s["verdict"], s["ok"] = verdict(s)
         print(json.dumps(s, indent=2) if args.json else render(s))
         return EXIT_OK if s["ok"] else EXIT_FAILED

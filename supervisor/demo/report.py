@@ -17,6 +17,7 @@ from typing import Any
 
 from supervisor.client import TaskError
 from supervisor.config import Config
+from supervisor.demo import seed
 from supervisor.demo.chaos import Watch
 
 
@@ -135,6 +136,7 @@ def render(s: dict[str, Any]) -> str:
         f"  {'daemon stop':<20}{s['daemon_exit_code']!s:>8}   exit code, "
         f"after {s['stop_seconds']:.2f}s; {len(s['workers_left'])} of the "
         f"{s['worker_processes_seen']} processes the daemon started are left",
+        *(seed.render(s["pool"]) if "pool" in s else []),
         "", f"{'PASS' if s['ok'] else 'FAIL'}: " + "; ".join(s["verdict"]),
     ]
     return "\n".join(out)
@@ -157,9 +159,15 @@ def verdict(s: dict[str, Any]) -> tuple[list[str], bool]:
         bad.append(f"daemon exit code {s['daemon_exit_code']}")
     if s["workers_left"]:
         bad.append(f"worker processes left behind: {s['workers_left']}")
+    pool = s.get("pool")
+    if pool is not None and not pool["ok"]:
+        bad.append(f"supervisor.Pool part failed: {pool}")
     if bad:
         return bad, False
-    return [f"all {s['submitted']} tasks answered exactly once, clean stop"], True
+    notes = [f"all {s['submitted']} tasks answered exactly once, clean stop"]
+    if pool is not None:
+        notes.append(f"Pool: all {pool['items']} map results right after a worker's SIGKILL")
+    return notes, True
 
 
 def summarize(args: argparse.Namespace, cfg: Config, tally: Tally, poison: list[tuple[int, str]],

@@ -52,7 +52,8 @@ class ProcessSpawner:
 
     def spawn(self, index: int, allow: list[str]) -> Handle:
         handle = WorkerHandle.spawn(self.mp, index, allow, self.cfg.tasks.max_message_bytes,
-                                    path=self.cfg.task_path)
+                                    path=self.cfg.task_path,
+                                    accept_pickle=self.cfg.tasks.accept_pickle)
         handle.fs_generation = self.generation
         self._live[handle.pid] = self.generation
         return handle
