@@ -7,6 +7,7 @@ switch on it. The Python-side classes mirror the names one to one::
     PhalanxError
     ├── ConfigError            config file missing, unreadable or invalid
     ├── StartupError           cannot bind an endpoint, runtime dir unusable
+    ├── JournalError           the journal file is corrupt, locked or unwritable
     └── RequestError           a client's request was refused (wire: type)
         ├── BadRequest         garbage frames, wrong types, missing fields
         ├── TooLarge           message over tasks.max_message_bytes
@@ -15,6 +16,9 @@ switch on it. The Python-side classes mirror the names one to one::
         ├── Overloaded         pending queue full, try later
         ├── Paused             intake paused by the operator
         ├── ShuttingDown       daemon is draining
+        ├── JournalFull        the journal cannot record new work (disk full)
+        ├── IdConflict         a known task id sent with another task or arguments
+        ├── UnknownId          fetch: no pending or retained task has that id
         ├── UnknownCommand     control command not known
         ├── UnknownSlot        control: no worker slot with that number
         └── ConfigInvalid      control: reread/update found the file invalid
@@ -46,6 +50,10 @@ class ConfigError(PhalanxError):
 
 class StartupError(PhalanxError):
     """The daemon cannot start (endpoint in use, runtime dir unusable)."""
+
+
+class JournalError(PhalanxError):
+    """The journal cannot be used; the message says what to do."""
 
 
 class RequestError(PhalanxError):
@@ -84,6 +92,18 @@ class Paused(RequestError):
 
 class ShuttingDown(RequestError):
     type = "ShuttingDown"
+
+
+class JournalFull(RequestError):
+    type = "JournalFull"
+
+
+class IdConflict(RequestError):
+    type = "IdConflict"
+
+
+class UnknownId(RequestError):
+    type = "UnknownId"
 
 
 class UnknownCommand(RequestError):

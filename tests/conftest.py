@@ -130,6 +130,8 @@ def base_config(ipc_dir: Path) -> dict[str, dict[str, Any]]:
             "control": f"ipc://{ipc_dir}/run/control",
         },
         "shutdown": {"grace": 10.0, "stop_timeout": 2.0},
+        # Per test, and kept across restarts of the test's daemon.
+        "journal": {"path": str(ipc_dir / "journal.db")},
     }
 
 

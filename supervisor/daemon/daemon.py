@@ -47,8 +47,9 @@ from supervisor.config import Config
 from supervisor.core.slots import Slot, SlotState
 from supervisor.core.stats import LatencyHistogram, RateMeter
 from supervisor.core.tasks import TaskTable
-from supervisor.daemon import intake, reaper, runtime_dir
+from supervisor.daemon import durability, intake, reaper, runtime_dir
 from supervisor.daemon.control import dispatch as control
+from supervisor.daemon.journal import NullJournal
 from supervisor.daemon.lifecycle import Lifecycle
 from supervisor.daemon.notify import Notifier
 from supervisor.daemon.output import RingLog
@@ -120,11 +121,13 @@ class Daemon(SlotIO, Recovery, Lifecycle):
         self.rate = RateMeter()
         self.ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self.mp = multiprocessing.get_context(cfg.workers.start_method)
+        self.journal = NullJournal()  # journal: the real one opens in start()
 
     # =========================================================== start-up
     def start(self) -> None:
         """Bind everything and start the workers; raises StartupError."""
         self._lock_fd = runtime_dir.prepare(self.cfg.runtime_dir)
+        durability.attach(self)  # journal: open (JournalError), replay, prune timer
         self.ctx = zmq.Context()
         self.poller = zmq.Poller()
         max_bytes = self.cfg.tasks.max_message_bytes
@@ -348,6 +351,10 @@ class Daemon(SlotIO, Recovery, Lifecycle):
                 log.warning("reply_unroutable", error=str(exc), count=self.unroutable)
 
     def flush_output(self) -> None:
+        if not self.journal.commit():  # journal: nothing leaves before it is recorded
+            return
+        for route, body, req in self.journal.release():  # journal: acks held for the commit
+            self.send_reply(route, body, req)
         if self._replies:
             replies, self._replies = self._replies, {}
             for route, results in replies.items():
@@ -394,6 +401,7 @@ class Daemon(SlotIO, Recovery, Lifecycle):
         self._sig_r.close()
         self._sig_w.close()
         self.notifier.close()
+        self.journal.close()  # journal: last commit, checkpoint
         os.close(self._lock_fd)
 
     def close_sockets(self) -> None:

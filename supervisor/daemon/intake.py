@@ -20,6 +20,7 @@ import zmq
 
 from supervisor import __version__
 from supervisor.core.tasks import ReplyGroup, Task
+from supervisor.daemon import durability
 from supervisor.daemon.zmqio import has_input
 from supervisor.errors import (
     BadRequest,
@@ -37,6 +38,7 @@ from supervisor.protocol import (
     PROTOCOL_VERSION,
     Ack,
     ErrorReply,
+    Fetch,
     Ping,
     Pong,
     RefOnly,
@@ -106,6 +108,8 @@ def handle(d: Daemon, frames: list[bytes]) -> None:
         d.send_reply(route, encoder.encode(pong), req)
     elif isinstance(request, Submit):
         submit(d, route, req, request)
+    elif isinstance(request, Fetch):
+        durability.fetch(d, route, req, request)
 
 
 def _refuse(d: Daemon, route: bytes, req: bool, err: RequestError, body: bytes = b"") -> None:
@@ -181,6 +185,13 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
     now = time.monotonic()
     for index, spec in enumerate(request.tasks):
         err = refusal or check(d, spec)
+        if err is None:  # journal: the id is the idempotency key
+            found = d.journal.lookup(spec)
+            if isinstance(found, Result):
+                accepted.append(spec.id or "")
+                (group.results if group is not None else replays).append(found)
+                continue
+            err = found
         if err is not None:
             error = error_raw(err.type, err.message)
             if group is not None:
@@ -231,14 +242,16 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
         if group is not None:
             group.waiting += 1
         table.add(task)
+        d.journal.accept(task)  # journal: recorded before the ack (held below)
         accepted.append(task_id)
     if accepted and d.publisher.wants_event("task.accepted"):
         d.publisher.event("task.accepted", ids=accepted)
+    # journal: every reply waits for this turn's commit
     if group is not None:
         if group.waiting == 0:
-            d.send_reply(route, encoder.encode(Results(group.results)), req=True)
+            d.journal.hold(route, encoder.encode(Results(group.results)), True)
         return
     if request.ack:
-        d.send_reply(route, encoder.encode(Ack(accepted, rejected, request.ref)))
+        d.journal.hold(route, encoder.encode(Ack(accepted, rejected, request.ref)))
     if replays:
-        d.send_reply(route, encoder.encode(Results(replays)))
+        d.journal.hold(route, encoder.encode(Results(replays)))

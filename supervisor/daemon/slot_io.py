@@ -207,6 +207,7 @@ class SlotIO(DaemonState):
 
     def _deliver(self, task: Task, result: Result) -> None:
         """Queue a task's one result for its submitter(s) and subscribers."""
+        self.journal.finish(task, result)  # journal: recorded before it is sent
         self.table.finish(task, result.ok, result)
         self._reply_to(task.route, task.group, result)
         if task.extra:
@@ -222,8 +223,8 @@ class SlotIO(DaemonState):
         if group is not None:
             group.results.append(result)
             group.waiting -= 1
-            if group.waiting == 0:
-                self.send_reply(group.route, encoder.encode(Results(group.results)), req=True)
+            if group.waiting == 0:  # journal: held until this turn's commit
+                self.journal.hold(group.route, encoder.encode(Results(group.results)), True)
         elif route is not None:
             bucket = self._replies.get(route)
             if bucket is None:
@@ -251,11 +252,17 @@ class SlotIO(DaemonState):
 
     def _dispatch(self, now: float) -> None:
         table = self.table
+        handoffs = []
         for slot, n in plan(len(table.queue), self.slots):
             was_idle = not slot.inflight
             tasks = table.assign(slot, n)
             if was_idle:
                 slot.head_since = now
+            self.journal.started(slot.index, slot.generation, tasks)  # journal
+            handoffs.append((slot, tasks))
+        # journal: recorded as handed off before any worker can start them
+        self.journal.commit()
+        for slot, tasks in handoffs:
             handle: WorkerHandle = slot.handle
             handle.write(
                 encoder.encode(

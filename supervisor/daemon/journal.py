@@ -1,0 +1,426 @@
+"""The write-ahead journal: nothing accepted is lost when phalanxd dies.
+
+::
+
+    intake ---accept(task)----+                      +--> acks, replies,
+    dispatch --started(...)---+--> this turn's  ---> |    publications
+    _deliver --finish(...)----+    buffers      commit()  (only after it
+                                      |         once a     succeeded)
+                                      v         loop turn
+                           SQLite (WAL, journal_store.py)
+
+The daemon calls ``commit()`` once per loop turn, just before it hands
+tasks to workers and before it flushes replies: what that turn accepted,
+handed off and finished goes into one transaction (group commit). So an
+ack, a reply or a publication only ever tells of something recorded, and a
+task is recorded as handed to a worker before the worker can start it.
+
+On start, ``replay()`` rebuilds the unfinished tasks (they are queued
+again) and the index of retained results. The task a worker was running
+when the daemon died (the oldest one handed to a live worker and not
+finished) is charged an attempt, so a task that kills the daemon itself is
+eventually failed, quarantined, instead of killing every restart.
+
+The id is the idempotency key: ``lookup()`` answers a submission whose id
+is known with its journaled result, refuses it if its task name or
+arguments differ (a CRC-32 of them is kept per id), or lets intake attach
+it to the pending task. Results are kept ``retention_seconds`` and at most
+``retention_bytes``; the index costs ~150 bytes of memory per retained id.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import zlib
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from supervisor.config import JournalSection
+from supervisor.core.tasks import Task, TaskTable
+from supervisor.daemon import journal_store as store
+from supervisor.errors import IdConflict, JournalError, JournalFull, RequestError
+from supervisor.protocol import NO_ARGS, NO_KWARGS, Result, TaskIn, encoder
+
+log = structlog.get_logger("phalanxd")
+MASK = 0xFFFFFFFF
+SHUTTING_DOWN = b"ShuttingDown"
+RETRY_AFTER = 0.2  # seconds between attempts when commits fail (disk full)
+LRU_ROWS = 8  # decoded result rows kept for lookups (resubmissions come in runs)
+# (slot, worker generation or 0 when it has none, tasks it holds in order)
+Workers = Callable[[], Iterable[tuple[int, int, Sequence[Task]]]]
+
+
+def digest(name: str, args: bytes, kwargs: bytes) -> int:
+    return zlib.crc32(kwargs or NO_KWARGS, zlib.crc32(args or NO_ARGS, zlib.crc32(name.encode())))
+
+
+class Journal:
+    enabled = True
+
+    def __init__(self, db: sqlite3.Connection, path: Path, cfg: JournalSection) -> None:
+        self.db = db
+        self.path = path
+        self.cfg = cfg
+        self.full = False  # new work is refused (JournalFull) while set
+        self.failing = False  # the last commit failed; replies are held
+        self._retry_at = 0.0
+        self._acc: list[Task] = []
+        self._starts: list[tuple[int, int, list[Task]]] = []
+        self._fin: list[tuple[Task, Result]] = []
+        self._held: list[tuple[bytes, bytes, bool]] = []
+        # id -> (finished row << 32) | digest; row 0: still pending
+        self._index: dict[str, int] = {}
+        self._retained: deque[tuple[int, float, int, list[str]]] = deque()
+        self._retained_bytes = 0
+        self._rows: OrderedDict[int, dict[str, Result]] = OrderedDict()
+        self._identity: dict[int, int] = {}
+        self._epoch = 0
+        self._log_bytes = 0  # accepted/started bytes written since the last compaction
+        self._snapshot_bytes = 0
+        self._compact_due = False
+        self._table: TaskTable | None = None
+        self._workers: Workers = lambda: ()
+        self.commits = 0
+
+    @classmethod
+    def open(cls, path: Path, cfg: JournalSection) -> Journal:
+        return cls(store.connect(path, cfg.synchronous, cfg.max_bytes), path, cfg)
+
+    def bind(self, table: TaskTable, workers: Workers) -> None:
+        self._table = table
+        self._workers = workers
+
+    # ------------------------------------------------------- the hot path
+    def accept(self, task: Task) -> None:
+        self._index[task.id] = digest(task.name, task.args, task.kwargs)
+        self._acc.append(task)
+
+    def started(self, slot: int, gen: int, tasks: list[Task]) -> None:
+        self._starts.append((slot, gen, tasks))
+
+    def finish(self, task: Task, result: Result) -> None:
+        if not result.ok and result.error and SHUTTING_DOWN in bytes(result.error):
+            return  # given back at shutdown: stays accepted, runs after the restart
+        self._fin.append((task, result))
+
+    def hold(self, route: bytes, body: bytes, req: bool = False) -> None:
+        """A reply that must wait for this turn's commit."""
+        self._held.append((route, body, req))
+
+    def release(self) -> list[tuple[bytes, bytes, bool]]:
+        held, self._held = self._held, []
+        return held
+
+    def lookup(self, spec: TaskIn) -> RequestError | Result | None:
+        """What a submission's id says: None (new, or pending: attach), the
+        journaled Result, or the error that refuses it."""
+        tid = spec.id
+        packed = None if tid is None else self._index.get(tid)
+        if packed is None:
+            return self._full_error() if self.full else None
+        if packed & MASK != digest(spec.task, spec.args, spec.kwargs):
+            return IdConflict(f"id {tid!r} was accepted with another task name or arguments")
+        row = packed >> 32
+        return self._load(row, tid) if row else None  # type: ignore[arg-type]
+
+    def _full_error(self) -> JournalFull:
+        return JournalFull(f"the journal {self.path} cannot record more work (disk or "
+                           "journal.max_bytes full); nothing new is accepted until it can")
+
+    # ------------------------------------------------------------ commit
+    def commit(self) -> bool:
+        """Write this turn's records in one transaction; False if they could
+        not be written (they are kept and retried; replies wait)."""
+        workers = self._workers()
+        identity = {slot: gen for slot, gen, _ in workers}
+        changed = identity != self._identity
+        if not (self._acc or self._starts or self._fin or changed or self._compact_due):
+            return not self.failing
+        now_mono = time.monotonic()
+        if self.failing and now_mono < self._retry_at:
+            return False
+        now = time.time()
+        db = self.db
+        fin_row: tuple[int, int, list[str], list[int]] | None = None
+        try:
+            db.execute("BEGIN")
+            if self._compact_due:
+                self._write_snapshot(workers, now, now_mono)
+            else:
+                if self._acc:
+                    body = encoder.encode([self._record(t, now, now_mono) for t in self._acc])
+                    db.execute("INSERT INTO accepted(epoch, body) VALUES(?, ?)", (self._epoch, body))
+                    self._log_bytes += len(body)
+                if self._starts:
+                    body = encoder.encode([
+                        (slot, gen, [t.key for t in tasks],
+                         [(t.key, t.attempts, t.crashes) for t in tasks if t.attempts])
+                        for slot, gen, tasks in self._starts])
+                    db.execute("INSERT INTO started(epoch, body) VALUES(?, ?)", (self._epoch, body))
+                    self._log_bytes += len(body)
+            if changed:
+                db.executemany("INSERT OR REPLACE INTO worker VALUES(?, ?, ?)",
+                               [(s, self._epoch, g) for s, g in identity.items()])
+            if self._fin:
+                index = self._index
+                ids = [t.id for t, _ in self._fin]
+                digests = [index.get(i, 0) & MASK for i in ids]
+                body = encoder.encode([
+                    (dg, now - (now_mono - t.accepted_at), r)
+                    for dg, (t, r) in zip(digests, self._fin, strict=True)])
+                cur = db.execute("INSERT INTO finished(at, bytes, body) VALUES(?, ?, ?)",
+                                 (now, len(body), body))
+                fin_row = (int(cur.lastrowid or 0), len(body), ids, digests)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            if not self.failing:
+                log.error("journal_commit_failed", path=str(self.path), error=str(exc))
+            self.failing = self.full = True
+            self._retry_at = now_mono + RETRY_AFTER
+            return False
+        if self.failing:
+            log.info("journal_commit_recovered", path=str(self.path))
+            self.failing = False
+            self._check_space()
+        self.commits += 1
+        self._identity = identity
+        self._compact_due = False
+        self._acc.clear()
+        self._starts.clear()
+        self._fin.clear()
+        if fin_row is not None:
+            n, size, ids, digests = fin_row
+            for i, dg in zip(ids, digests, strict=True):
+                self._index[i] = n << 32 | dg
+            self._retained.append((n, now, size, ids))
+            self._retained_bytes += size
+        return True
+
+    def _record(self, t: Task, now: float, now_mono: float) -> tuple[Any, ...]:
+        return (t.key, t.id, t.name, t.args, t.kwargs, t.max_attempts, t.timeout,
+                t.soft_timeout, t.chunk, t.retry_timeouts, t.attempts, t.crashes,
+                self._index.get(t.id, 0) & MASK, now - (now_mono - t.accepted_at))
+
+    def _write_snapshot(self, workers: Iterable[tuple[int, int, Sequence[Task]]],
+                        now: float, now_mono: float) -> None:
+        """Replace the accepted/started log by what is unfinished right now."""
+        db = self.db
+        db.execute("DELETE FROM accepted")
+        db.execute("DELETE FROM started")
+        tasks = list(self._table.by_key.values()) if self._table is not None else []
+        body = encoder.encode([self._record(t, now, now_mono) for t in tasks])
+        db.execute("INSERT INTO accepted(epoch, body) VALUES(?, ?)", (self._epoch, body))
+        starts = [(slot, gen, [t.key for t in held],
+                   [(t.key, t.attempts, t.crashes) for t in held if t.attempts])
+                  for slot, gen, held in workers if held and gen]
+        if starts:
+            db.execute("INSERT INTO started(epoch, body) VALUES(?, ?)",
+                       (self._epoch, encoder.encode(starts)))
+        self._snapshot_bytes = len(body)
+        self._log_bytes = 0
+
+    # ------------------------------------------------------------ reading
+    def _load(self, row: int, tid: str) -> Result | None:
+        results = self._rows.get(row)
+        if results is None:
+            try:
+                found = self.db.execute("SELECT body FROM finished WHERE n=?", (row,)).fetchone()
+            except sqlite3.Error as exc:
+                log.error("journal_read_failed", path=str(self.path), error=str(exc))
+                return None
+            if found is None:
+                return None
+            results = {f.result.id or "": f.result for f in store.finishes_decoder.decode(found[0])}
+            self._rows[row] = results
+            if len(self._rows) > LRU_ROWS:
+                self._rows.popitem(last=False)
+        else:
+            self._rows.move_to_end(row)
+        return results.get(tid)
+
+    def result(self, tid: str) -> Result | None:
+        """The retained result for ``tid``, if it finished."""
+        packed = self._index.get(tid)
+        if packed is None or not packed >> 32:
+            return None
+        return self._load(packed >> 32, tid)
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        """The newest retained results, newest first (for `phalanxctl tasks`)."""
+        out: list[dict[str, Any]] = []
+        for n, _, _, _ in reversed(self._retained):
+            try:
+                found = self.db.execute("SELECT body FROM finished WHERE n=?", (n,)).fetchone()
+            except sqlite3.Error:
+                break
+            if found is None:
+                continue
+            for rec in reversed(store.finishes_decoder.decode(found[0])):
+                r = rec.result
+                out.append({"id": r.id, "task": r.task, "ok": r.ok, "attempts": r.attempts,
+                            "accepted": rec.accepted})
+                if len(out) >= limit:
+                    return out
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return {"path": str(self.path), "retained": sum(len(r[3]) for r in self._retained),
+                "retained_bytes": self._retained_bytes, "full": self.full,
+                "failing": self.failing, "commits": self.commits,
+                "file_bytes": _size(self.path) + _size(Path(f"{self.path}-wal"))}
+
+    # ---------------------------------------------------------- upkeep
+    def prune(self, now: float | None = None) -> None:
+        """Drop results past retention, checkpoint, check for space (1/s)."""
+        now = time.time() if now is None else now
+        self._expire(now - self.cfg.retention_seconds, self.cfg.retention_bytes)
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+            if free > 256:
+                self.db.execute("PRAGMA incremental_vacuum")
+        except sqlite3.Error as exc:
+            log.warning("journal_upkeep_failed", path=str(self.path), error=str(exc))
+        if self._log_bytes > max(1 << 20, 2 * self._snapshot_bytes):
+            self._compact_due = True
+        self._check_space()
+
+    def _expire(self, cutoff: float, max_bytes: int) -> None:
+        last = 0
+        retained = self._retained
+        index = self._index
+        while retained and (retained[0][1] < cutoff or self._retained_bytes > max_bytes):
+            n, _, nbytes, ids = retained.popleft()
+            self._retained_bytes -= nbytes
+            for i in ids:
+                if index.get(i, 0) >> 32 == n:
+                    del index[i]
+            self._rows.pop(n, None)
+            last = n
+        if last:
+            try:
+                self.db.execute("DELETE FROM finished WHERE n <= ?", (last,))
+            except sqlite3.Error as exc:
+                log.warning("journal_prune_failed", path=str(self.path), error=str(exc))
+
+    def _check_space(self) -> None:
+        full = False
+        try:
+            if self.cfg.max_bytes:
+                page = self.db.execute("PRAGMA page_size").fetchone()[0]
+                used = (self.db.execute("PRAGMA page_count").fetchone()[0]
+                        - self.db.execute("PRAGMA freelist_count").fetchone()[0]) * page
+                full = used > 0.9 * self.cfg.max_bytes
+            st = os.statvfs(self.path.parent)
+            full = full or st.f_bavail * st.f_frsize < self.cfg.min_free_bytes
+        except (sqlite3.Error, OSError):
+            full = True
+        if full and self._retained:
+            # Retained results are the one thing we may drop to make room.
+            self._expire(0.0, self._retained_bytes // 2)
+        if full != self.full and not self.failing:
+            self.full = full
+            log.warning("journal_full" if full else "journal_has_room", path=str(self.path))
+
+    def close(self) -> None:
+        self.commit()
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        self.db.close()
+
+    # ------------------------------------------------------------ replay
+    def replay(self, next_key: Callable[[], int], defaults_now: float
+               ) -> tuple[list[Task], list[Result]]:
+        from supervisor.daemon.journal_replay import replay
+
+        try:
+            return replay(self, next_key, defaults_now)
+        except sqlite3.DatabaseError as exc:
+            raise store.corrupt(self.path, exc) from None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+class NullJournal:
+    """``[journal] enabled = false``: the same calls, recording nothing."""
+
+    enabled = False
+    full = False
+    failing = False
+
+    def __init__(self) -> None:
+        self._held: list[tuple[bytes, bytes, bool]] = []
+
+    def bind(self, table: TaskTable, workers: Workers) -> None:
+        pass
+
+    def accept(self, task: Task) -> None:
+        pass
+
+    def started(self, slot: int, gen: int, tasks: list[Task]) -> None:
+        pass
+
+    def finish(self, task: Task, result: Result) -> None:
+        pass
+
+    def hold(self, route: bytes, body: bytes, req: bool = False) -> None:
+        self._held.append((route, body, req))
+
+    def release(self) -> list[tuple[bytes, bytes, bool]]:
+        held, self._held = self._held, []
+        return held
+
+    def lookup(self, spec: TaskIn) -> RequestError | Result | None:
+        return None
+
+    def commit(self) -> bool:
+        return True
+
+    def result(self, tid: str) -> Result | None:
+        return None
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        return []
+
+    def stats(self) -> dict[str, Any]:
+        return {"path": None}
+
+    def prune(self, now: float | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def replay(self, next_key: Callable[[], int], defaults_now: float
+               ) -> tuple[list[Task], list[Result]]:
+        return [], []
+
+
+AnyJournal = Journal | NullJournal
+
+
+def open_journal(cfg: JournalSection, path: Path) -> AnyJournal:
+    """The configured journal; raises JournalError with one clear line."""
+    if not cfg.enabled:
+        return NullJournal()
+    try:
+        return Journal.open(path, cfg)
+    except JournalError:
+        raise
