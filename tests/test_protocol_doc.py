@@ -321,16 +321,20 @@ def test_pipelined_requests_get_their_responses_in_order(daemon: Phalanxd) -> No
 
 def test_resubmitting_a_finished_id_replays_the_cached_result(daemon: Phalanxd) -> None:
     """Submitting an id again after its task finished does not run it again:
-    the submission is acked and the cached result (from the first run, even
-    though the arguments differ) follows in a `results` message."""
+    the submission is acked and the result of the first run follows in a
+    `results` message. The same id with other arguments is refused with
+    IdConflict: the id is the idempotency key."""
     sock = daemon.socket(zmq.DEALER, daemon.intake)
     task_id = new_id()
-    send_body(sock, {"op": "submit", "tasks": [{"task": "workers.builtin:echo", "id": task_id, "args": [1]}]})
+    send_body(sock, {"op": "submit", "tasks": [{"task": "workers.builtin:pid", "id": task_id}]})
     assert recv_body(sock)["accepted"] == [task_id]
-    assert collect_results(sock, {task_id})[task_id]["value"] == 1
+    pid = collect_results(sock, {task_id})[task_id]["value"]
+    send_body(sock, {"op": "submit", "tasks": [{"task": "workers.builtin:pid", "id": task_id}]})
+    assert recv_body(sock)["accepted"] == [task_id]
+    assert collect_results(sock, {task_id})[task_id]["value"] == pid
     send_body(sock, {"op": "submit", "tasks": [{"task": "workers.builtin:echo", "id": task_id, "args": [2]}]})
-    assert recv_body(sock)["accepted"] == [task_id]
-    assert collect_results(sock, {task_id})[task_id]["value"] == 1
+    ack = recv_body(sock)
+    assert ack["accepted"] == [] and ack["rejected"][0]["error"]["type"] == "IdConflict"
 
 
 def test_req_socket_gets_one_reply_with_every_result_including_refusals(daemon: Phalanxd) -> None:

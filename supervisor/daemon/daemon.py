@@ -127,7 +127,6 @@ class Daemon(SlotIO, Recovery, Lifecycle):
     def start(self) -> None:
         """Bind everything and start the workers; raises StartupError."""
         self._lock_fd = runtime_dir.prepare(self.cfg.runtime_dir)
-        durability.attach(self)  # journal: open (JournalError), replay, prune timer
         self.ctx = zmq.Context()
         self.poller = zmq.Poller()
         max_bytes = self.cfg.tasks.max_message_bytes
@@ -164,6 +163,7 @@ class Daemon(SlotIO, Recovery, Lifecycle):
             self.close_sockets()
             raise
         self.publisher = Publisher(self.pub_sock, self.boot)
+        durability.attach(self)  # journal: open (JournalError), replay, prune timer
         self._watch_zmq(self.intake, lambda: intake.on_readable(self))
         self._watch_zmq(self.control, lambda: control.on_readable(self))
         self._watch_zmq(self.pub_sock, self.publisher.on_readable)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from supervisor.core.tasks import ReplyGroup
 from supervisor.daemon.journal import open_journal
-from supervisor.errors import UnknownId
+from supervisor.errors import JournalError, UnknownId
 from supervisor.protocol import Fetch, Result, Results, encoder, error_raw
 
 if TYPE_CHECKING:
@@ -19,7 +19,11 @@ if TYPE_CHECKING:
 def attach(d: Daemon) -> None:
     """Open the journal (JournalError: one line for the operator), queue
     again what it holds unfinished, and prune it once a second."""
-    d.journal = journal = open_journal(d.cfg.journal, d.cfg.journal_path)
+    try:
+        d.journal = journal = open_journal(d.cfg.journal, d.cfg.journal_path)
+    except JournalError:
+        d.close_sockets()
+        raise
     journal.bind(d.table, lambda: [
         (s.index, s.generation if s.handle is not None else 0, s.inflight) for s in d.slots])
     # Tasks failed here (they kept killing the daemon) are journaled results.

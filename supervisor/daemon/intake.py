@@ -105,7 +105,7 @@ def handle(d: Daemon, frames: list[bytes]) -> None:
         return
     if isinstance(request, Ping):
         pong = Pong(__version__, PROTOCOL_VERSION, d.boot, len(d.slots))
-        d.send_reply(route, encoder.encode(pong), req)
+        d.journal.hold(route, encoder.encode(pong), req)  # journal: replies keep their order
     elif isinstance(request, Submit):
         submit(d, route, req, request)
     elif isinstance(request, Fetch):
@@ -120,7 +120,8 @@ def _refuse(d: Daemon, route: bytes, req: bool, err: RequestError, body: bytes =
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError,
                 UnicodeDecodeError):
             pass
-    d.send_reply(route, encoder.encode(ErrorReply(error_raw(err.type, err.message), ref)), req)
+    # journal: held like every reply, so replies leave in the order of requests
+    d.journal.hold(route, encoder.encode(ErrorReply(error_raw(err.type, err.message), ref)), req)
 
 
 _ref_decoder = msgspec.msgpack.Decoder(RefOnly)

@@ -45,7 +45,7 @@ from supervisor.config import JournalSection
 from supervisor.core.tasks import Task, TaskTable
 from supervisor.daemon import journal_store as store
 from supervisor.errors import IdConflict, JournalError, JournalFull, RequestError
-from supervisor.protocol import NO_ARGS, NO_KWARGS, Result, TaskIn, encoder
+from supervisor.protocol import NO_ARGS, NO_KWARGS, Result, TaskIn, encoder, error_raw
 
 log = structlog.get_logger("phalanxd")
 MASK = 0xFFFFFFFF
@@ -84,6 +84,7 @@ class Journal:
         self._log_bytes = 0  # accepted/started bytes written since the last compaction
         self._snapshot_bytes = 0
         self._compact_due = False
+        self._since_check = 0  # bytes written since the last look at free space
         self._table: TaskTable | None = None
         self._workers: Workers = lambda: ()
         self.commits = 0
@@ -137,7 +138,7 @@ class Journal:
     def commit(self) -> bool:
         """Write this turn's records in one transaction; False if they could
         not be written (they are kept and retried; replies wait)."""
-        workers = self._workers()
+        workers = list(self._workers())
         identity = {slot: gen for slot, gen, _ in workers}
         changed = identity != self._identity
         if not (self._acc or self._starts or self._fin or changed or self._compact_due):
@@ -146,48 +147,20 @@ class Journal:
         if self.failing and now_mono < self._retry_at:
             return False
         now = time.time()
-        db = self.db
-        fin_row: tuple[int, int, list[str], list[int]] | None = None
         try:
-            db.execute("BEGIN")
-            if self._compact_due:
-                self._write_snapshot(workers, now, now_mono)
-            else:
-                if self._acc:
-                    body = encoder.encode([self._record(t, now, now_mono) for t in self._acc])
-                    db.execute("INSERT INTO accepted(epoch, body) VALUES(?, ?)", (self._epoch, body))
-                    self._log_bytes += len(body)
-                if self._starts:
-                    body = encoder.encode([
-                        (slot, gen, [t.key for t in tasks],
-                         [(t.key, t.attempts, t.crashes) for t in tasks if t.attempts])
-                        for slot, gen, tasks in self._starts])
-                    db.execute("INSERT INTO started(epoch, body) VALUES(?, ?)", (self._epoch, body))
-                    self._log_bytes += len(body)
-            if changed:
-                db.executemany("INSERT OR REPLACE INTO worker VALUES(?, ?, ?)",
-                               [(s, self._epoch, g) for s, g in identity.items()])
-            if self._fin:
-                index = self._index
-                ids = [t.id for t, _ in self._fin]
-                digests = [index.get(i, 0) & MASK for i in ids]
-                body = encoder.encode([
-                    (dg, now - (now_mono - t.accepted_at), r)
-                    for dg, (t, r) in zip(digests, self._fin, strict=True)])
-                cur = db.execute("INSERT INTO finished(at, bytes, body) VALUES(?, ?, ?)",
-                                 (now, len(body), body))
-                fin_row = (int(cur.lastrowid or 0), len(body), ids, digests)
-            db.execute("COMMIT")
+            fin_row = self._write(workers, identity, changed, now, now_mono, lean=False)
         except sqlite3.Error as exc:
+            self._rollback()
+            if "full" not in str(exc):
+                return self._failed(exc, now_mono)
+            # No room: make some (compact the log; keep a stub instead of a
+            # large result: the result is delivered, but not kept for later).
+            self._compact_due = True
             try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            if not self.failing:
-                log.error("journal_commit_failed", path=str(self.path), error=str(exc))
-            self.failing = self.full = True
-            self._retry_at = now_mono + RETRY_AFTER
-            return False
+                fin_row = self._write(workers, identity, changed, now, now_mono, lean=True)
+            except sqlite3.Error as again:
+                self._rollback()
+                return self._failed(again, now_mono)
         if self.failing:
             log.info("journal_commit_recovered", path=str(self.path))
             self.failing = False
@@ -198,6 +171,8 @@ class Journal:
         self._acc.clear()
         self._starts.clear()
         self._fin.clear()
+        if self.cfg.max_bytes and self._since_check > self.cfg.max_bytes // 64:
+            self._check_space()
         if fin_row is not None:
             n, size, ids, digests = fin_row
             for i, dg in zip(ids, digests, strict=True):
@@ -205,6 +180,60 @@ class Journal:
             self._retained.append((n, now, size, ids))
             self._retained_bytes += size
         return True
+
+    def _write(self, workers: list[tuple[int, int, Sequence[Task]]], identity: dict[int, int],
+               changed: bool, now: float, now_mono: float, lean: bool
+               ) -> tuple[int, int, list[str], list[int]] | None:
+        """One transaction with this turn's records; the finished row's facts."""
+        db = self.db
+        fin_row = None
+        written = 0
+        db.execute("BEGIN")
+        if self._compact_due:
+            self._write_snapshot(workers, now, now_mono)
+        else:
+            if self._acc:
+                body = encoder.encode([self._record(t, now, now_mono) for t in self._acc])
+                db.execute("INSERT INTO accepted(epoch, body) VALUES(?, ?)", (self._epoch, body))
+                self._log_bytes += len(body)
+                written += len(body)
+            if self._starts:
+                body = encoder.encode([
+                    (slot, gen, [t.key for t in tasks],
+                     [(t.key, t.attempts, t.crashes) for t in tasks if t.attempts])
+                    for slot, gen, tasks in self._starts])
+                db.execute("INSERT INTO started(epoch, body) VALUES(?, ?)", (self._epoch, body))
+                self._log_bytes += len(body)
+        if changed:
+            db.executemany("INSERT OR REPLACE INTO worker VALUES(?, ?, ?)",
+                           [(s, self._epoch, g) for s, g in identity.items()])
+        if self._fin:
+            index = self._index
+            ids = [t.id for t, _ in self._fin]
+            digests = [index.get(i, 0) & MASK for i in ids]
+            body = encoder.encode([
+                (dg, now - (now_mono - t.accepted_at), _stub(r) if lean else r)
+                for dg, (t, r) in zip(digests, self._fin, strict=True)])
+            cur = db.execute("INSERT INTO finished(at, bytes, body) VALUES(?, ?, ?)",
+                             (now, len(body), body))
+            fin_row = (int(cur.lastrowid or 0), len(body), ids, digests)
+            written += len(body)
+        db.execute("COMMIT")
+        self._since_check += written
+        return fin_row
+
+    def _rollback(self) -> None:
+        try:
+            self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite had rolled it back itself
+
+    def _failed(self, exc: sqlite3.Error, now_mono: float) -> bool:
+        if not self.failing:
+            log.error("journal_commit_failed", path=str(self.path), error=str(exc))
+        self.failing = self.full = True
+        self._retry_at = now_mono + RETRY_AFTER
+        return False
 
     def _record(self, t: Task, now: float, now_mono: float) -> tuple[Any, ...]:
         return (t.key, t.id, t.name, t.args, t.kwargs, t.max_attempts, t.timeout,
@@ -291,7 +320,10 @@ class Journal:
                 self.db.execute("PRAGMA incremental_vacuum")
         except sqlite3.Error as exc:
             log.warning("journal_upkeep_failed", path=str(self.path), error=str(exc))
-        if self._log_bytes > max(1 << 20, 2 * self._snapshot_bytes):
+        # Compact once the log of accepted/started rows outweighs what is
+        # unfinished (amortised: its cost is O(unfinished)), or to make room.
+        cap = self.cfg.max_bytes // 4 if self.cfg.max_bytes else 1 << 20
+        if self._log_bytes > max(cap, 2 * self._snapshot_bytes) or self.full or self.failing:
             self._compact_due = True
         self._check_space()
 
@@ -314,6 +346,7 @@ class Journal:
                 log.warning("journal_prune_failed", path=str(self.path), error=str(exc))
 
     def _check_space(self) -> None:
+        self._since_check = 0
         full = False
         try:
             if self.cfg.max_bytes:
@@ -349,6 +382,17 @@ class Journal:
             return replay(self, next_key, defaults_now)
         except sqlite3.DatabaseError as exc:
             raise store.corrupt(self.path, exc) from None
+
+
+STUB_OVER = 256  # bytes: results larger than this are not kept when the journal is full
+
+
+def _stub(r: Result) -> Result:
+    if len(r.value) + len(r.error) <= STUB_OVER:
+        return r
+    return Result(r.id, r.task, False, r.attempts, error=error_raw(
+        "ResultNotKept", "the journal was full when this task finished: its result was "
+        "delivered then, but not kept"))
 
 
 def _size(path: Path) -> int:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from supervisor import __version__
 from supervisor.config import to_dict
+from supervisor.daemon.control import journal_commands
 from supervisor.errors import BadRequest, ConfigError, RequestError
 
 if TYPE_CHECKING:
@@ -306,4 +307,5 @@ COMMANDS: dict[str, Handler] = {
     "reload": cmd_reload,
     "shutdown": cmd_shutdown,
     "help": cmd_help,
+    **journal_commands.COMMANDS,
 }
