@@ -49,7 +49,7 @@ from supervisor.core.stats import LatencyHistogram, RateMeter
 from supervisor.core.tasks import TaskTable
 from supervisor.daemon import durability, intake, reaper, runtime_dir
 from supervisor.daemon.control import dispatch as control
-from supervisor.daemon.journal import NullJournal
+from supervisor.daemon.journal_null import NullJournal
 from supervisor.daemon.lifecycle import Lifecycle
 from supervisor.daemon.notify import Notifier
 from supervisor.daemon.output import RingLog

@@ -36,9 +36,9 @@ def replay(j: Journal, next_key: Callable[[], int], now_mono: float
     epoch = int(row[0]) if row else 0
     for n, at, nbytes, body in db.execute("SELECT n, at, bytes, body FROM finished ORDER BY n"):
         ids = []
-        for rec in store.finishes_decoder.decode(body):
-            tid = rec.result.id or ""
-            j._index[tid] = n << 32 | rec.digest
+        for fin in store.finishes_decoder.decode(body):
+            tid = fin.result.id or ""
+            j._index[tid] = n << 32 | fin.digest
             ids.append(tid)
         j._retained.append((n, at, nbytes, ids))
         j._retained_bytes += nbytes
@@ -54,9 +54,9 @@ def replay(j: Journal, next_key: Callable[[], int], now_mono: float
                 order += 1
                 last_start[(e, key)] = (start.slot, e, start.gen, order)
             for key, attempts, crashes in start.charged:
-                rec = accepted.get((e, key))
-                if rec is not None:
-                    rec.attempts, rec.crashes = attempts, crashes
+                charged = accepted.get((e, key))
+                if charged is not None:
+                    charged.attempts, charged.crashes = attempts, crashes
     live = {slot: (e, gen) for slot, e, gen in db.execute("SELECT slot, epoch, gen FROM worker")}
     pending: dict[str, tuple[tuple[int, int], store.TaskRecord]] = {}
     for ek, rec in accepted.items():

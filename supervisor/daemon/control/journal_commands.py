@@ -45,7 +45,7 @@ def cmd_tasks(d: Daemon, args: dict[str, Any]) -> Any:
     limit = args.get("limit", 20)
     if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= MAX_LIMIT:
         raise BadRequest(f"limit must be an integer from 0 to {MAX_LIMIT}")
-    pending = []
+    pending: list[dict[str, Any]] = []
     for task in d.table.by_key.values():
         if len(pending) >= limit:
             break
