@@ -56,8 +56,17 @@ LRU_ROWS = 8  # decoded result rows kept for lookups (resubmissions come in runs
 Workers = Callable[[], Iterable[tuple[int, int, Sequence[Task]]]]
 
 
+_NAME_CRC: dict[str, int] = {}
+
+
 def digest(name: str, args: bytes, kwargs: bytes) -> int:
-    return zlib.crc32(kwargs or NO_KWARGS, zlib.crc32(args or NO_ARGS, zlib.crc32(name.encode())))
+    """CRC-32 of name, args and kwargs (absent ones as the empty array/map)."""
+    seed = _NAME_CRC.get(name)
+    if seed is None:
+        seed = zlib.crc32(name.encode())
+        if len(_NAME_CRC) < 4096:  # task names are few; a flood of bad ones is not cached
+            _NAME_CRC[name] = seed
+    return zlib.crc32(kwargs or NO_KWARGS, zlib.crc32(args or NO_ARGS, seed))
 
 
 class Journal:
