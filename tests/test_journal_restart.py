@@ -238,6 +238,18 @@ def test_a_corrupt_journal_stops_start_up_with_one_line_and_exit_4(
     again.teardown()
 
 
+def test_a_journal_whose_directory_cannot_be_made_stops_start_up_with_exit_4(
+    start_daemon: StartDaemon, ipc_dir: Path
+) -> None:
+    """The journal's directory is in the way (a file): exit 4, one line."""
+    (ipc_dir / "blocker").write_text("a file where a directory should be")
+    d = start_daemon(wait=False, journal={"path": str(ipc_dir / "blocker" / "journal.db")})
+    d.expected_exit = None
+    assert d.wait_exit(20) == 4
+    lines = d.log.strip().splitlines()
+    assert len(lines) == 1 and "journal directory" in lines[0], lines
+
+
 def test_a_journal_in_a_read_only_directory_stops_start_up_with_exit_4(
     start_daemon: StartDaemon, ipc_dir: Path
 ) -> None:

@@ -91,6 +91,8 @@ def connect(path: Path, synchronous: str, max_bytes: int) -> sqlite3.Connection:
     """Open (creating if need be) and lock the journal; JournalError says why not."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise JournalError(f"journal directory {path.parent} exists but is not a directory") from None
     except OSError as exc:
         raise JournalError(f"journal directory {path.parent}: {exc.strerror}") from None
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):
