@@ -300,7 +300,7 @@ def test_a_full_journal_refuses_new_work_by_name_and_recovers(start_daemon: Star
         if refused:
             break
     assert refused and refused[0]["type"] == "JournalFull", (len(accepted), refused)
-    got.update(peer.results_for(set(accepted) | set(blockers) - got.keys(), timeout=30))
+    got.update(peer.results_for((set(accepted) | set(blockers)) - got.keys(), timeout=30))
     assert all(got[i]["ok"] and got[i]["value"] == big for i in accepted)
 
     def accepts_again() -> bool:

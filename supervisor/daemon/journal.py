@@ -51,6 +51,7 @@ log = structlog.get_logger("phalanxd")
 MASK = 0xFFFFFFFF
 SHUTTING_DOWN = b"ShuttingDown"
 RETRY_AFTER = 0.2  # seconds between attempts when commits fail (disk full)
+CHECKPOINT_WAL_BYTES = 4 << 20
 LRU_ROWS = 8  # decoded result rows kept for lookups (resubmissions come in runs)
 # (slot, worker generation or 0 when it has none, tasks it holds in order)
 Workers = Callable[[], Iterable[tuple[int, int, Sequence[Task]]]]
@@ -323,7 +324,10 @@ class Journal:
         now = time.time() if now is None else now
         self._expire(now - self.cfg.retention_seconds, self.cfg.retention_bytes)
         try:
-            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            # A checkpoint fsyncs (even with synchronous=NORMAL): only when
+            # the WAL has grown, not every second (journal_store.connect).
+            if _size(Path(f"{self.path}-wal")) > CHECKPOINT_WAL_BYTES:
+                self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
             if free > 256:
                 self.db.execute("PRAGMA incremental_vacuum")

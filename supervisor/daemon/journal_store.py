@@ -114,11 +114,11 @@ def connect(path: Path, synchronous: str, max_bytes: int) -> sqlite3.Connection:
         # A checkpoint fsyncs the database, even with synchronous=NORMAL: on a
         # busy disk that is milliseconds, which SQLite's automatic checkpoint
         # (every 1000 pages, in some unlucky commit) would add to that loop
-        # turn. So the daemon checkpoints on its 1 s upkeep timer instead; the
-        # automatic one stays only as a bound (64 MiB of WAL), and a
-        # checkpoint leaves the WAL file at most that long.
+        # turn. So the daemon checkpoints on its 1 s upkeep timer, once the
+        # WAL passes 4 MiB; the automatic one stays only as a bound (64 MiB
+        # of WAL). After a checkpoint the WAL file is cut back to 1 MiB.
         db.execute("PRAGMA wal_autocheckpoint=16384")
-        db.execute("PRAGMA journal_size_limit=67108864")
+        db.execute("PRAGMA journal_size_limit=1048576")
         if max_bytes:
             page = db.execute("PRAGMA page_size").fetchone()[0]
             db.execute(f"PRAGMA max_page_count={max(8, max_bytes // page)}")
