@@ -70,6 +70,11 @@ daemon_max_restarts = 0
 [shutdown]
 grace = 2.0
 stop_timeout = 2.0
+
+[journal]
+enabled = {journal_on}
+synchronous = "{synchronous}"
+path = "{journal_path}"
 """
 
 CONFIG_CHANGES = {
@@ -79,6 +84,7 @@ CONFIG_CHANGES = {
     "restart.daemon_max_restarts": 0,
     "shutdown.grace": 2.0,
     "shutdown.stop_timeout": 2.0,
+    "journal.path": "<the run's temporary directory>/journal.db",
 }
 
 
@@ -130,8 +136,10 @@ def _free_port() -> int:
 
 
 class PhalanxUnderTest:
-    def __init__(self, workers: int = WORKERS) -> None:
+    def __init__(self, workers: int = WORKERS, journal: str = "normal") -> None:
+        """``journal``: "off", "normal" or "full" (its synchronous mode)."""
         self.workers = workers
+        self.journal = journal
         self.dir = Path(tempfile.mkdtemp(prefix="phalanx-bench-"))
         # The daemon listens on loopback TCP (what users configure by default)
         # and, as endpoints.local does, on ipc in its runtime dir.
@@ -163,6 +171,9 @@ class PhalanxUnderTest:
         cfg.write_text(CONFIG.format(
             run=self.dir / "run", workers=self.workers, intake=self.tcp_intake,
             publisher=self.publisher, control=self.control_endpoint,
+            journal_on="false" if self.journal == "off" else "true",
+            synchronous="full" if self.journal == "full" else "normal",
+            journal_path=self.dir / "journal.db",
         ))
         env = dict(os.environ)
         # Workers import bench.tasks: the repository must be on their path.

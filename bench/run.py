@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import alt_crash, arrays, latency, memory, pool, recovery, report, throughput
+from bench import alt_crash, arrays, journal, latency, memory, pool, recovery, report, throughput
 from bench.harness import CONFIG_CHANGES, REPO, WORKERS, PhalanxUnderTest, say
 
 
@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             _section(results, "crash_recovery", lambda: recovery.crash_recovery(d, crash_reps, hold), d)
             _section(results, "poison", lambda: recovery.poison(d, poison_reps), d)
             say("stopping phalanxd")
+        say("journal on vs off: three daemons")
+        _section(results, "journal", lambda: journal.run(n // 2, rounds, lat_count))
         _section(results, "crash_alternatives", lambda: alt_crash.run(min(crash_reps, 10)))
         _section(results, "pool", lambda: pool.run(rounds))
         if args.no_supervisord:
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results, indent=2))
     else:
         print(report.render(results, ts))
+        print(journal.render(results.get("journal", {})))
     return 1 if failed else 0
 
 

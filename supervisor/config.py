@@ -164,6 +164,23 @@ class ObserveSection(_Section, frozen=True):
     xmlrpc: str = ""
 
 
+class JournalSection(_Section, frozen=True):
+    # The write-ahead journal (docs/OPERATIONS.md, "Durability").
+    enabled: bool = True
+    # Empty: $STATE_DIRECTORY/journal.db (systemd's StateDirectory=), else
+    # $XDG_STATE_HOME/phalanx/journal.db, else ~/.local/state/phalanx/journal.db.
+    path: str = ""
+    # normal: a commit survives phalanxd dying (not a power cut); full: fsync each.
+    synchronous: Literal["normal", "full"] = "normal"
+    # Finished results stay fetchable by id this long, within this many bytes.
+    retention_seconds: NonNegFloat = 3600.0
+    retention_bytes: NonNegInt = 256 * 1024 * 1024
+    # Hard cap on the journal file (0: none); near it, or with less than
+    # min_free_bytes free on its filesystem, new work is refused (JournalFull).
+    max_bytes: NonNegInt = 0
+    min_free_bytes: NonNegInt = 64 * 1024 * 1024
+
+
 class Config(_Section, frozen=True):
     daemon: DaemonSection = DaemonSection()
     workers: WorkersSection = WorkersSection()
@@ -173,6 +190,7 @@ class Config(_Section, frozen=True):
     shutdown: ShutdownSection = ShutdownSection()
     output: OutputSection = OutputSection()
     observe: ObserveSection = ObserveSection()
+    journal: JournalSection = JournalSection()
     source: str = ""  # file it came from; not a TOML key users set
 
     @property
@@ -182,6 +200,10 @@ class Config(_Section, frozen=True):
     @property
     def runtime_dir(self) -> Path:
         return resolve_runtime_dir(self.daemon.runtime_dir)
+
+    @property
+    def journal_path(self) -> Path:
+        return resolve_journal_path(self.journal.path)
 
     @property
     def local_intake(self) -> str | None:
@@ -234,6 +256,15 @@ def resolve_runtime_dir(configured: str) -> Path:
     if xdg := os.environ.get("XDG_RUNTIME_DIR"):
         return Path(xdg) / "phalanx"
     return Path(f"/tmp/phalanx-{os.getuid()}")
+
+
+def resolve_journal_path(configured: str) -> Path:
+    if configured:
+        return Path(configured).expanduser()
+    if state := os.environ.get("STATE_DIRECTORY"):  # systemd's StateDirectory=
+        return Path(state.split(":")[0]) / "journal.db"
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "phalanx" / "journal.db"
 
 
 # inproc:// is not offered: no other process could ever reach it.
@@ -336,4 +367,5 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     out["workers"]["count"] = cfg.worker_count
     out["daemon"]["runtime_dir"] = str(cfg.runtime_dir)
     out["endpoints"]["control"] = cfg.control_endpoint
+    out["journal"]["path"] = str(cfg.journal_path)
     return out

@@ -7,6 +7,7 @@ switch on it. The Python-side classes mirror the names one to one::
     PhalanxError
     ├── ConfigError            config file missing, unreadable or invalid
     ├── StartupError           cannot bind an endpoint, runtime dir unusable
+    ├── JournalError           the journal file is corrupt, locked or unwritable
     └── RequestError           a client's request was refused (wire: type)
         ├── BadRequest         garbage frames, wrong types, missing fields
         ├── TooLarge           message over tasks.max_message_bytes
@@ -17,7 +18,9 @@ switch on it. The Python-side classes mirror the names one to one::
         ├── Overloaded         pending queue full, try later
         ├── Paused             intake paused by the operator
         ├── ShuttingDown       daemon is draining
-        ├── IdConflict         a task id reused for another task or arguments
+        ├── JournalFull        the journal cannot record new work (disk full)
+        ├── IdConflict         a known task id sent with another task or arguments
+        ├── UnknownId          fetch: no pending or retained task has that id
         ├── UnknownCommand     control command not known
         ├── UnknownSlot        control: no worker slot with that number
         └── ConfigInvalid      control: reread/update found the file invalid
@@ -49,6 +52,10 @@ class ConfigError(PhalanxError):
 
 class StartupError(PhalanxError):
     """The daemon cannot start (endpoint in use, runtime dir unusable)."""
+
+
+class JournalError(PhalanxError):
+    """The journal cannot be used; the message says what to do."""
 
 
 class RequestError(PhalanxError):
@@ -93,8 +100,16 @@ class ShuttingDown(RequestError):
     type = "ShuttingDown"
 
 
+class JournalFull(RequestError):
+    type = "JournalFull"
+
+
 class IdConflict(RequestError):
     type = "IdConflict"
+
+
+class UnknownId(RequestError):
+    type = "UnknownId"
 
 
 class UnknownCommand(RequestError):

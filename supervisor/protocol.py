@@ -73,7 +73,14 @@ class Ping(msgspec.Struct, tag_field="op", tag="ping", forbid_unknown_fields=Tru
     pass
 
 
-IntakeRequest = Submit | Ping
+class Fetch(msgspec.Struct, tag_field="op", tag="fetch", forbid_unknown_fields=True):
+    """Results by id: retained ones now, pending ones when they finish."""
+
+    ids: list[str]
+    ref: Ref = None
+
+
+IntakeRequest = Submit | Ping | Fetch
 
 
 class Rejected(msgspec.Struct):

@@ -132,6 +132,8 @@ def base_config(ipc_dir: Path) -> dict[str, dict[str, Any]]:
             "control": f"ipc://{ipc_dir}/run/control",
         },
         "shutdown": {"grace": 10.0, "stop_timeout": 2.0},
+        # Per test, and kept across restarts of the test's daemon.
+        "journal": {"path": str(ipc_dir / "journal.db")},
     }
 
 
@@ -509,6 +511,31 @@ class Daemon:
             except psutil.Error:
                 out.append(str(p.pid))
         return out
+
+    def kill_everything(self, timeout: float = 10.0) -> None:
+        """SIGKILL phalanxd, its process group and every process it started
+        (workers have groups of their own): a crash of the whole service, as
+        systemd's cgroup kill does it. Returns once all of them are gone."""
+        self.snapshot()
+        self.expected_exit = None
+        self._kill_group()
+        self.kill_started()
+        self.wait_exit(timeout)
+        wait_until(lambda: not any(alive(p) for p in self._started.values()), timeout,
+                   message=lambda: f"still alive: {self.leftover_processes(0)}")
+
+    def kill_started(self) -> None:
+        """SIGKILL, by pid, every process the daemon was seen to start."""
+        for proc in self._started.values():
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+
+    def restarted(self, log_dir: Path) -> Daemon:
+        """A new phalanxd with this one's config (same endpoints, same journal)."""
+        log_dir.mkdir(exist_ok=True)
+        return Daemon(self.dir, log_dir, self.config)
 
     def _kill_group(self) -> None:
         try:

@@ -467,7 +467,7 @@ def test_shell_completion(shared_daemon: Daemon) -> None:
     assert shell.completedefault("std", "tail 0 std", 7, 10) == ["stdout", "stderr"]
     assert shell.completedefault("K", "signal K", 7, 8) == ["KILL"]
     assert shell.completedefault("", "signal TERM ", 12, 12) == ["0", "1", "all"]
-    assert shell.completedefault("ta", "help ta", 5, 7) == ["tail"]
+    assert shell.completedefault("ta", "help ta", 5, 7) == ["tail", "tasks"]
     assert shell.completedefault("", "stats ", 6, 6) == []
 
 

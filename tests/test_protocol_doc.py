@@ -322,8 +322,9 @@ def test_pipelined_requests_get_their_responses_in_order(daemon: Phalanxd) -> No
 
 def test_resubmitting_a_finished_id_replays_the_cached_result(daemon: Phalanxd) -> None:
     """Submitting an id again after its task finished does not run it again:
-    the submission is acked and the cached result follows in a `results`
-    message; the same id with other arguments is refused with IdConflict."""
+    the submission is acked and the result of the first run follows in a
+    `results` message. The same id with other arguments is refused with
+    IdConflict: the id is the idempotency key."""
     sock = daemon.socket(zmq.DEALER, daemon.intake)
     task_id = new_id()
     send_body(sock, {"op": "submit", "tasks": [{"task": "workers.builtin:echo", "id": task_id, "args": [1]}]})

@@ -49,6 +49,7 @@ from supervisor.client.wire import NO_OPTS, Opts
 from supervisor.client.wire import Ack as _Ack
 from supervisor.client.wire import Err as _Err
 from supervisor.client.wire import ErrorReply as _ErrorReply
+from supervisor.client.wire import Fetch as _Fetch
 from supervisor.client.wire import Pong as _Pong
 from supervisor.client.wire import Res as _Res
 from supervisor.client.wire import Results as _Results
@@ -330,6 +331,29 @@ class Client(_Api):
                 raise TaskError(msg.error.type, msg.error.message, task_id=task_id)
             # anything else is a late answer to an earlier call that timed out
 
+    def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """The result of the task with this id, submitted by anyone, at any
+        time within the daemon's journal retention: returned at once if it
+        finished, or when it does; raises TaskError (``UnknownId`` if the
+        daemon neither holds nor retains it), TimeoutError after ``timeout``."""
+        sock = self._thread_socket()
+        ref = next(self._refs)
+        sock.send(_encoder.encode(_Fetch([task_id], ref)))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait_ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if not sock.poll(wait_ms):
+                raise TimeoutError(f"no result for {task_id} within {timeout}s")
+            msg = _decoder.decode(sock.recv())
+            if isinstance(msg, _Results):
+                for res in msg.results:
+                    if res.id == task_id:
+                        if res.ok:
+                            return res.value
+                        raise _error_of(res)
+            elif isinstance(msg, _ErrorReply) and msg.ref == ref:
+                raise TaskError(msg.error.type, msg.error.message, task_id=task_id)
+
     def _thread_socket(self) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] | None = getattr(self._local, "sock", None)
         if sock is None:
@@ -379,6 +403,7 @@ class Client(_Api):
         if on_done is not None:  # before it is sent: then it always runs on the I/O thread
             fut.add_done_callback(on_done)
         task_id = f"{self._prefix}{next(self._counter)}"
+        fut.task_id = task_id
         self._pending[task_id] = fut
         self._outq.append((task_id, name, args, kwargs, opts, False))
         if self._idle:

@@ -45,6 +45,7 @@ class AsyncResult(Future[Any]):
         self._exception: BaseException | None = None
         self._waiters: list[Any] = []
         self._done_callbacks: list[Any] = []
+        self.task_id: str | None = None  # for Client.result(task_id) later
 
     def __getattr__(self, name: str) -> Any:
         if name != "_condition":

@@ -38,6 +38,13 @@ class Submit(msgspec.Struct, tag_field="op", tag="submit"):
     ack: bool = False
 
 
+class Fetch(msgspec.Struct, tag_field="op", tag="fetch"):
+    """Results by id, from the daemon's journal (docs/PROTOCOL.md)."""
+
+    ids: list[str]
+    ref: int
+
+
 class Err(msgspec.Struct):
     type: str
     message: str

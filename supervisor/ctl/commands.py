@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from supervisor.ctl import render
 from supervisor.ctl import slots as ctl_slots
 from supervisor.ctl import stream as ctl_stream
+from supervisor.ctl import tasks as ctl_tasks
 from supervisor.ctl.core import EXIT_NOT_RUNNING, EXIT_OK, Ctl, Parser, Run, UsageError, parse_slots
 
 Configure = Callable[[argparse.ArgumentParser], None]
@@ -201,6 +202,10 @@ _TABLE = [
     Command("version", "the daemon's version, pid and boot id", cmd_version),
     Command("config", "the daemon's effective configuration", cmd_config),
     Command("avail", "task names the workers can run", cmd_avail),
+    Command("result", "a task's result by id (from the journal; exit 1 if it failed)",
+            ctl_tasks.cmd_result, ctl_tasks.result_args),
+    Command("tasks", "pending tasks and recently finished ones", ctl_tasks.cmd_tasks,
+            ctl_tasks.tasks_args),
     Command("events", "print published events as they happen (Ctrl-C stops)",
             ctl_stream.cmd_events, ctl_stream.events_args),
     Command("help", "list commands, or help COMMAND", cmd_help, _help_args),

@@ -46,8 +46,10 @@ from supervisor import __version__
 from supervisor.config import Config
 from supervisor.core.stats import RateMeter
 from supervisor.core.tasks import Task
-from supervisor.daemon import autoreload, intake, reload, runtime_dir, shutdown
+from supervisor.daemon import autoreload, durability, intake, reload, runtime_dir, shutdown
 from supervisor.daemon.control import dispatch as control
+from supervisor.daemon.journal import AnyJournal
+from supervisor.daemon.journal_null import NullJournal
 from supervisor.daemon.loop import EventLoop
 from supervisor.daemon.notify import Notifier
 from supervisor.daemon.observe.counters import Counters
@@ -87,6 +89,9 @@ class Daemon:
         self.spawner = ProcessSpawner(cfg)
         self.pool = Pool(cfg, self.spawner, self.loop, self, self.outputs)
         self.rate = RateMeter()
+        # What was accepted, handed off and finished (journal.py); the real
+        # one opens in start(), after the sockets are bound.
+        self.journal: AnyJournal = NullJournal()
         self.paused = False
         self.draining = False
         self.drain_deadline = 0.0
@@ -104,6 +109,8 @@ class Daemon:
         self.publisher = Publisher(self.pub_sock, self.boot)
         self.outbox = Outbox(self.intake, self.publisher, self.loop,
                              self.cfg.tasks.max_message_bytes)
+        durability.attach(self)  # open the journal (JournalError), replay, prune timer
+        self.outbox.hold = self.journal.hold
         self.loop.watch_zmq(self.intake, lambda: intake.on_readable(self))
         self.loop.watch_zmq(self.control, lambda: control.on_readable(self))
         self.loop.watch_zmq(self.pub_sock, self.publisher.on_readable)
@@ -185,7 +192,13 @@ class Daemon:
         pool.handle_deaths(now)
         self.loop.run_due(now)
         pool.work(now)
-        self.outbox.flush()
+        # Nothing leaves before it is recorded: this turn's accepts and
+        # results are committed (one transaction), then the replies held for
+        # it go, acks first, then results and publications.
+        if self.journal.commit():
+            for route, body, req in self.journal.release():
+                self.outbox.send(route, body, req)
+            self.outbox.flush()
         pool.maintain(now)
         if self.draining:
             shutdown.drain_step(self, now)
@@ -203,7 +216,14 @@ class Daemon:
 
     # ===================================================== the Pool's ears
     def deliver(self, task: Task, result: Result) -> None:
+        self.journal.finish(task, result)  # recorded before it is sent
         self.outbox.deliver(task, result)
+
+    def handed_off(self, slot: int, generation: int, tasks: list[Task]) -> None:
+        self.journal.started(slot, generation, tasks)
+
+    def commit(self) -> bool:
+        return self.journal.commit()
 
     def event(self, kind: str, **fields: Any) -> None:
         self.publisher.event(kind, **fields)
@@ -257,6 +277,7 @@ class Daemon:
         self.spawner.close()
         self.loop.close()
         self.notifier.close()
+        self.journal.close()  # journal: last commit, checkpoint
         os.close(self._lock_fd)
 
     def close_sockets(self, linger_ms: int = 0) -> None:

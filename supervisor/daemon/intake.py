@@ -20,6 +20,7 @@ import zmq
 
 from supervisor import __version__
 from supervisor.core.tasks import ReplyGroup, Task, digest
+from supervisor.daemon import durability
 from supervisor.daemon.zmqio import has_input
 from supervisor.errors import (
     BadRequest,
@@ -40,6 +41,7 @@ from supervisor.protocol import (
     PROTOCOL_VERSION,
     Ack,
     ErrorReply,
+    Fetch,
     Ping,
     Pong,
     RefOnly,
@@ -106,9 +108,11 @@ def handle(d: Daemon, frames: list[bytes]) -> None:
         return
     if isinstance(request, Ping):
         pong = Pong(__version__, PROTOCOL_VERSION, d.boot, len(d.pool.slots))
-        d.send_reply(route, encoder.encode(pong), req)
+        d.journal.hold(route, encoder.encode(pong), req)  # replies keep their order
     elif isinstance(request, Submit):
         submit(d, route, req, request)
+    elif isinstance(request, Fetch):
+        durability.fetch(d, route, req, request)
 
 
 def _refuse(d: Daemon, route: bytes, req: bool, err: RequestError, body: bytes = b"") -> None:
@@ -120,7 +124,8 @@ def _refuse(d: Daemon, route: bytes, req: bool, err: RequestError, body: bytes =
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError,
                 UnicodeDecodeError):
             pass
-    d.send_reply(route, encoder.encode(ErrorReply(error_raw(err.type, err.message), ref)), req)
+    # journal: held like every reply, so replies leave in the order of requests
+    d.journal.hold(route, encoder.encode(ErrorReply(error_raw(err.type, err.message), ref)), req)
 
 
 _ref_decoder = msgspec.msgpack.Decoder(RefOnly)
@@ -204,7 +209,18 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
     refusal = request_refusal(d)
     now = time.monotonic()
     for index, spec in enumerate(request.tasks):
+        if spec.id is not None:
+            if spec.id in seen:  # a repeat inside one request collapses to one
+                continue
+            seen.add(spec.id)
         err = refusal or check(d, spec)
+        if err is None:  # journal: the id is the idempotency key
+            found = d.journal.lookup(spec)
+            if isinstance(found, Result):
+                accepted.append(spec.id or "")
+                (group.results if group is not None else replays).append(found)
+                continue
+            err = found
         if err is not None:
             d.counters.refused(err.type)
             error = error_raw(err.type, err.message)
@@ -218,15 +234,13 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
         task_id = spec.id
         fingerprint = b""
         if task_id is not None:
-            if task_id in seen:  # a repeat inside one request collapses to one
-                continue
-            seen.add(task_id)
             fingerprint = digest(spec.task, spec.args or NO_ARGS, spec.kwargs or NO_KWARGS)
             existing = pool.find(task_id)
             cached = pool.cached(task_id) if existing is None else None
             known = existing.digest if existing is not None else (
                 cached[1] if cached is not None else None)
-            if known is not None and known != fingerprint:
+            # b"": a task replayed from the journal, which checked it above.
+            if known and known != fingerprint:
                 err = IdConflict(f"task id {task_id!r} was accepted for another task or "
                                  f"other arguments; choose a new id")
                 error = error_raw(err.type, err.message)
@@ -275,14 +289,16 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
             group.waiting += 1
         pool.accept(task)
         d.counters.accepted(spec.task)
+        d.journal.accept(task)  # recorded before the ack (held below)
         accepted.append(task_id)
     if accepted and d.publisher.wants_event("task.accepted"):
         d.publisher.event("task.accepted", ids=accepted)
+    # journal: every reply waits for this turn's commit
     if group is not None:
         if group.waiting == 0:
-            d.send_reply(route, encoder.encode(Results(group.results)), req=True)
+            d.journal.hold(route, encoder.encode(Results(group.results)), True)
         return
     if request.ack:
-        d.send_reply(route, encoder.encode(Ack(accepted, rejected, request.ref)))
+        d.journal.hold(route, encoder.encode(Ack(accepted, rejected, request.ref)))
     if replays:
-        d.send_reply(route, encoder.encode(Results(replays)))
+        d.journal.hold(route, encoder.encode(Results(replays)))

@@ -1,6 +1,7 @@
 """``phalanxd`` command line: parse arguments, load config, run the loop.
 
 Exit codes: 0 clean stop, 2 bad configuration, 3 start-up failure,
+4 the journal is unusable (corrupt, locked by another phalanxd, unwritable),
 70 (EX_SOFTWARE) an unexpected error in the loop: a bug, reported with its
 traceback, after which every worker was killed.
 """
@@ -15,11 +16,12 @@ from collections.abc import Callable
 
 from supervisor import __version__, config
 from supervisor.daemon import logs
-from supervisor.errors import ConfigError, StartupError
+from supervisor.errors import ConfigError, JournalError, StartupError
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
+EXIT_JOURNAL = 4
 EXIT_CRASH = 70
 
 
@@ -112,6 +114,9 @@ def serve(cfg: config.Config, on_started: Callable[[], None] | None = None) -> i
     except StartupError as exc:
         print(f"phalanxd: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    except JournalError as exc:
+        print(f"phalanxd: {exc}", file=sys.stderr)
+        return EXIT_JOURNAL
     if on_started is not None:
         on_started()
     from supervisor.daemon.observe.service import Observers

@@ -7,6 +7,8 @@ reply holding every result of its request (REQ allows one reply).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import structlog
 import zmq
 
@@ -28,6 +30,9 @@ class Outbox:
         self._replies: dict[bytes, list[Result]] = {}
         self._published: dict[str, list[Result]] = {}
         self.unroutable = 0  # replies dropped: the client is gone or stopped reading
+        # A request/reply answer waits for the turn's journal commit (set by
+        # the daemon to journal.hold); plain results wait in _replies anyway.
+        self.hold: Callable[[bytes, bytes, bool], None] = self.send
 
     def deliver(self, task: Task, result: Result) -> None:
         """Queue a task's one result for its submitter(s) and subscribers."""
@@ -46,7 +51,7 @@ class Outbox:
             group.results.append(result)
             group.waiting -= 1
             if group.waiting == 0:
-                self.send(group.route, encoder.encode(Results(group.results)), req=True)
+                self.hold(group.route, encoder.encode(Results(group.results)), True)
         elif route is not None:
             bucket = self._replies.get(route)
             if bucket is None:

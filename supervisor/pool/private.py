@@ -67,6 +67,9 @@ def private_config(directory: Path, processes: int, maxtasksperchild: int | None
         "tasks": {"allow": [], "accept_pickle": True,
                   "max_message_bytes": MAX_MESSAGE_BYTES},
         "shutdown": {"grace": STOP_GRACE, "stop_timeout": WORKER_STOP},
+        # A private pool lives and dies with its owner: nothing to replay,
+        # and a journal on disk would be shared between pools.
+        "journal": {"enabled": False},
     }, config_mod.Config)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from supervisor.daemon.control import journal_commands
 from supervisor.daemon.control.admin import (
     cmd_decr,
     cmd_incr,
@@ -74,4 +75,5 @@ COMMANDS: dict[str, Handler] = {
     "decr": cmd_decr,
     "snapshot": cmd_snapshot,
     "help": cmd_help,
+    **journal_commands.COMMANDS,
 }

@@ -260,15 +260,25 @@ class WorkerIO:
     def dispatch(self, now: float) -> None:
         s = self.s
         table = s.table
+        handoffs = []
         for slot, n in plan(len(table.queue), s.slots):
-            handle = slot.handle
-            if handle is None:
+            if slot.handle is None:
                 continue
             was_idle = not slot.inflight
             tasks = table.assign(slot, n)
             s.counters.dispatched(tasks, now)  # queue wait (observe/)
+            s.events.handed_off(slot.index, slot.generation, tasks)
             if was_idle:
                 slot.head_since = now
+            handoffs.append((slot, tasks))
+        if not handoffs:
+            return
+        # Recorded as handed off before any worker can start them: what lets
+        # a restarted daemon charge the task that was running when it died.
+        s.events.commit()
+        for slot, tasks in handoffs:
+            handle = slot.handle
+            assert handle is not None
             handle.write(encoder.encode(
                 [(t.key, t.name, t.args, t.kwargs, t.soft_timeout, t.chunk) for t in tasks]
             ))

@@ -1,0 +1,120 @@
+"""The journal's upkeep (once a second) and the operator's views of it.
+
+Retention: finished results older than ``retention_seconds``, or beyond
+``retention_bytes``, are dropped oldest first (one range DELETE: result rows
+are in time order). The log of accepted/started rows is compacted once it
+outweighs what is unfinished. The WAL is checkpointed once it passes 4 MiB
+(a checkpoint fsyncs; see journal_store.connect). Free space is checked
+here and every max_bytes/64 bytes written: near full, new work is refused
+(``Journal.full``) and retained results are dropped to make room.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from supervisor.daemon import journal_store as store
+
+if TYPE_CHECKING:
+    from supervisor.daemon.journal import Journal
+
+log = structlog.get_logger("phalanxd")
+CHECKPOINT_WAL_BYTES = 4 << 20
+
+
+def recent(self: Journal, limit: int) -> list[dict[str, Any]]:
+    """The newest retained results, newest first (for `phalanxctl tasks`)."""
+    out: list[dict[str, Any]] = []
+    for n, _, _, _ in reversed(self._retained):
+        try:
+            found = self.db.execute("SELECT body FROM finished WHERE n=?", (n,)).fetchone()
+        except sqlite3.Error:
+            break
+        if found is None:
+            continue
+        for rec in reversed(store.finishes_decoder.decode(found[0])):
+            r = rec.result
+            out.append({"id": r.id, "task": r.task, "ok": r.ok, "attempts": r.attempts,
+                        "accepted": rec.accepted})
+            if len(out) >= limit:
+                return out
+    return out
+
+def stats(self: Journal) -> dict[str, Any]:
+    return {"path": str(self.path), "retained": sum(len(r[3]) for r in self._retained),
+            "retained_bytes": self._retained_bytes, "full": self.full,
+            "failing": self.failing, "commits": self.commits,
+            "file_bytes": _size(self.path) + _size(Path(f"{self.path}-wal"))}
+
+# ---------------------------------------------------------- upkeep
+def prune(self: Journal, now: float | None = None) -> None:
+    """Drop results past retention, checkpoint, check for space (1/s)."""
+    now = time.time() if now is None else now
+    expire(self, now - self.cfg.retention_seconds, self.cfg.retention_bytes)
+    try:
+        # A checkpoint fsyncs (even with synchronous=NORMAL): only when
+        # the WAL has grown, not every second (journal_store.connect).
+        if _size(Path(f"{self.path}-wal")) > CHECKPOINT_WAL_BYTES:
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        if free > 256:
+            self.db.execute("PRAGMA incremental_vacuum")
+    except sqlite3.Error as exc:
+        log.warning("journal_upkeep_failed", path=str(self.path), error=str(exc))
+    # Compact once the log of accepted/started rows outweighs what is
+    # unfinished (amortised: its cost is O(unfinished)), or to make room.
+    cap = self.cfg.max_bytes // 4 if self.cfg.max_bytes else 1 << 20
+    if self._log_bytes > max(cap, 2 * self._snapshot_bytes) or self.full or self.failing:
+        self._compact_due = True
+    check_space(self)
+
+def expire(self: Journal, cutoff: float, max_bytes: int) -> None:
+    last = 0
+    retained = self._retained
+    index = self._index
+    while retained and (retained[0][1] < cutoff or self._retained_bytes > max_bytes):
+        n, _, nbytes, ids = retained.popleft()
+        self._retained_bytes -= nbytes
+        for i in ids:
+            if index.get(i, 0) >> 32 == n:
+                del index[i]
+        self._rows.pop(n, None)
+        last = n
+    if last:
+        try:
+            self.db.execute("DELETE FROM finished WHERE n <= ?", (last,))
+        except sqlite3.Error as exc:
+            log.warning("journal_prune_failed", path=str(self.path), error=str(exc))
+
+def check_space(self: Journal) -> None:
+    self._since_check = 0
+    full = False
+    try:
+        if self.cfg.max_bytes:
+            page = self.db.execute("PRAGMA page_size").fetchone()[0]
+            used = (self.db.execute("PRAGMA page_count").fetchone()[0]
+                    - self.db.execute("PRAGMA freelist_count").fetchone()[0]) * page
+            full = used > 0.9 * self.cfg.max_bytes
+        st = os.statvfs(self.path.parent)
+        full = full or st.f_bavail * st.f_frsize < self.cfg.min_free_bytes
+    except (sqlite3.Error, OSError):
+        full = True
+    if full and self._retained:
+        # Retained results are the one thing we may drop to make room.
+        expire(self, 0.0, self._retained_bytes // 2)
+    if full != self.full and not self.failing:
+        self.full = full
+        log.warning("journal_full" if full else "journal_has_room", path=str(self.path))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

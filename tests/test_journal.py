@@ -1,0 +1,232 @@
+"""The journal on its own: real SQLite files in a temporary directory,
+driven the way the daemon's loop drives it (accept, hand off, finish,
+commit once per turn), then reopened as a restarted daemon would."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import deque
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from supervisor.config import JournalSection
+from supervisor.core.tasks import Task, TaskTable
+from supervisor.daemon.journal import Journal
+from supervisor.errors import IdConflict, JournalError, JournalFull
+from supervisor.protocol import Result, TaskIn, encoder
+
+NAME = "workers.builtin:echo"
+
+
+def make_task(table: TaskTable, tid: str, arg: object = 1) -> Task:
+    args = msgspec.Raw(encoder.encode([arg]))
+    return Task(table.next_key(), tid, NAME, args, msgspec.Raw(b"\x80"), None, 3, 0.0)
+
+
+def spec(tid: str, arg: object = 1) -> TaskIn:
+    return TaskIn(task=NAME, id=tid, args=msgspec.Raw(encoder.encode([arg])))
+
+
+def ok(task: Task, value: object) -> Result:
+    return Result(task.id, task.name, True, 1, value=msgspec.Raw(encoder.encode(value)))
+
+
+class Daemonish:
+    """A task table, slots' holdings and a journal, as the daemon has them."""
+
+    def __init__(self, path: Path, **cfg: object) -> None:
+        self.table = TaskTable()
+        self.held: dict[int, deque[Task]] = {0: deque(), 1: deque()}
+        self.gen = {0: 1, 1: 1}
+        self.journal = Journal.open(path, JournalSection(**cfg))  # type: ignore[arg-type]
+        self.journal.bind(self.table, lambda: [
+            (s, self.gen[s], list(h)) for s, h in self.held.items()])
+        self.replayed, self.failed = self.journal.replay(self.table.next_key, 0.0)
+        for task in self.replayed:
+            self.table.add(task)
+
+    def submit(self, tid: str, arg: object = 1) -> Task:
+        task = make_task(self.table, tid, arg)
+        self.table.add(task)
+        self.journal.accept(task)
+        return task
+
+    def hand_off(self, slot: int, n: int) -> list[Task]:
+        tasks = [self.table.queue.popleft() for _ in range(n)]
+        self.held[slot].extend(tasks)
+        self.journal.started(slot, self.gen[slot], tasks)
+        return tasks
+
+    def finish(self, slot: int, value: object = "v") -> Task:
+        task = self.held[slot].popleft()
+        result = ok(task, value)
+        self.journal.finish(task, result)
+        self.table.finish(task, True, result)
+        return task
+
+
+def test_unfinished_tasks_come_back_and_results_stay_by_id(tmp_path: Path) -> None:
+    """Accepted-and-unfinished tasks are replayed with their arguments; a
+    finished one is not, and its result is found by id after reopening."""
+    path = tmp_path / "j.db"
+    d = Daemonish(path)
+    d.submit("a", 10)
+    d.submit("b", 20)
+    d.submit("c", 30)
+    assert d.journal.commit()
+    d.hand_off(0, 1)
+    assert d.journal.commit()
+    d.finish(0, "done-a")
+    assert d.journal.commit()
+    d.journal.db.close()  # the daemon dies: no close(), no final commit
+
+    d2 = Daemonish(path)
+    assert sorted(t.id for t in d2.replayed) == ["b", "c"]
+    assert [msgspec.msgpack.decode(t.args) for t in d2.replayed] == [[20], [30]]
+    assert [t.attempts for t in d2.replayed] == [0, 0]
+    got = d2.journal.result("a")
+    assert got is not None and msgspec.msgpack.decode(got.value) == "done-a"
+    assert isinstance(d2.journal.lookup(spec("a", 10)), Result)
+    assert d2.journal.lookup(spec("b", 20)) is None  # pending: intake attaches to it
+    d2.journal.close()
+
+
+def test_only_the_task_a_live_worker_was_running_is_charged(tmp_path: Path) -> None:
+    """Of the tasks handed to a slot's live worker, the oldest unfinished is
+    the one it was running: only that one is charged an attempt. Tasks of a
+    slot whose worker had already died (and were requeued) are not."""
+    path = tmp_path / "j.db"
+    d = Daemonish(path)
+    for tid in "abcdef":
+        d.submit(tid)
+    d.hand_off(0, 3)  # a b c on slot 0
+    d.hand_off(1, 2)  # d e on slot 1
+    assert d.journal.commit()
+    d.finish(0)  # a done: b is now running on slot 0
+    d.gen[1] = 0  # slot 1's worker died; d, e went back to the queue
+    assert d.journal.commit()
+    d.journal.db.close()
+
+    d2 = Daemonish(path)
+    attempts = {t.id: t.attempts for t in d2.replayed}
+    assert attempts == {"b": 1, "c": 0, "d": 0, "e": 0, "f": 0}
+    d2.journal.close()
+
+
+def test_a_task_charged_to_its_limit_on_replay_fails_with_a_kept_result(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    for round_ in range(3):
+        d = Daemonish(path)
+        if round_ == 0:
+            d.submit("killer")
+        assert [t.id for t in d.replayed] == ([] if round_ == 0 else ["killer"])
+        d.hand_off(0, 1)
+        assert d.journal.commit()
+        d.journal.db.close()
+    d = Daemonish(path)
+    assert d.replayed == []
+    (failed,) = d.failed
+    error = msgspec.msgpack.decode(failed.error)
+    assert (failed.attempts, error["type"]) == (3, "WorkerCrashed")
+    assert "quarantined" in error["message"]
+    assert d.journal.result("killer") == failed
+    d.journal.close()
+
+
+def test_the_same_id_with_other_arguments_is_refused(tmp_path: Path) -> None:
+    d = Daemonish(tmp_path / "j.db")
+    d.submit("x", 1)
+    assert isinstance(d.journal.lookup(spec("x", 2)), IdConflict)
+    assert d.journal.lookup(spec("x", 1)) is None
+    assert d.journal.commit()
+    d.hand_off(0, 1)
+    d.finish(0)
+    assert d.journal.commit()
+    assert isinstance(d.journal.lookup(spec("x", 2)), IdConflict)
+    d.journal.close()
+
+
+def test_size_stays_bounded_under_steady_load(tmp_path: Path) -> None:
+    """100,000 tasks through, results retained within 256 KiB: the file
+    (database plus WAL) stops growing; old results are gone, recent kept."""
+    path = tmp_path / "j.db"
+    d = Daemonish(path, retention_bytes=256 * 1024)
+    sizes = []
+    for turn in range(1000):
+        for i in range(100):
+            d.submit(f"t{turn}-{i}", "x" * 50)
+        assert d.journal.commit()
+        d.hand_off(0, 100)
+        assert d.journal.commit()
+        for _ in range(100):
+            d.finish(0)
+        assert d.journal.commit()
+        if turn % 100 == 99:
+            d.journal.prune()
+            sizes.append(path.stat().st_size + Path(f"{path}-wal").stat().st_size)
+    assert max(sizes[5:]) <= max(sizes[:5]) * 1.5, sizes
+    assert max(sizes) < 64 * 1024 * 1024
+    assert d.journal.result("t0-0") is None
+    assert d.journal.result("t999-99") is not None
+    d.journal.close()
+
+
+def test_a_full_journal_refuses_new_work_and_loses_nothing_it_accepted(tmp_path: Path) -> None:
+    """max_bytes (SQLite's max_page_count, a real SQLITE_FULL): a commit that
+    does not fit fails and is kept, new work is refused with JournalFull; once
+    there is room the kept records are written."""
+    path = tmp_path / "j.db"
+    d = Daemonish(path, max_bytes=128 * 1024, retention_seconds=0.0)
+    tasks = []
+    for i in range(40):
+        tasks.append(d.submit(f"big{i}", "x" * 8000))
+        if not d.journal.commit():
+            break
+    assert d.journal.full and d.journal.failing
+    assert isinstance(d.journal.lookup(spec("new")), JournalFull)
+    # Work finishes (the queue drains), the log is compacted, room comes back.
+    d.hand_off(0, len(d.table.queue))
+    while d.held[0]:
+        d.finish(0)
+    d.journal._retry_at = 0.0
+    d.journal.prune()
+    d.journal._retry_at = 0.0
+    assert d.journal.commit()
+    assert not d.journal.failing
+    d.journal.prune()
+    assert not d.journal.full
+    assert d.journal.lookup(spec("new")) is None
+    d.journal.db.close()
+    d2 = Daemonish(path)
+    assert d2.replayed == []
+    d2.journal.close()
+
+
+def test_corrupt_locked_and_unwritable_files_give_one_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not a database at all" * 200)
+    with pytest.raises(JournalError, match=r"corrupt|unusable") as exc:
+        Journal.open(bad, JournalSection())
+    assert "mv " in str(exc.value) and "\n" not in str(exc.value)
+
+    path = tmp_path / "j.db"
+    first = Journal.open(path, JournalSection())
+    with pytest.raises(JournalError, match="in use by another phalanxd"):
+        Journal.open(path, JournalSection())
+    first.close()
+
+    nested = tmp_path / "a" / "b" / "j.db"
+    Journal.open(nested, JournalSection()).close()  # missing directories are made
+    assert nested.exists()
+
+
+def test_sqlite_full_is_real(tmp_path: Path) -> None:
+    """The cap the full-journal test relies on is SQLite's own SQLITE_FULL."""
+    db = sqlite3.connect(tmp_path / "x.db")
+    db.execute("PRAGMA max_page_count=8")
+    db.execute("CREATE TABLE t(b BLOB)")
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        db.execute("INSERT INTO t VALUES(?)", (b"x" * 100_000,))
+    db.close()

@@ -1,0 +1,322 @@
+"""Durability: what phalanxd accepted survives phalanxd itself dying.
+
+Real daemons, SIGKILLed with their whole process tree and started again on
+the same endpoints and journal file."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from supervisor.client import Client, Subscriber
+from tests.conftest import Daemon, StartDaemon, wait_until
+
+ECHO = "workers.builtin:echo"
+SLEEP = "workers.builtin:sleep"
+TASKS = 20_000
+KILLS = 5
+
+
+def test_five_daemon_kills_during_a_stream_lose_nothing_and_answer_each_id_once(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """SIGKILL phalanxd and everything it started 5 times while a client
+    streams 20,000 tasks, starting a new phalanxd each time. The client only
+    waits (re-attaching by id on each new boot): every future completes with
+    its own value. No id is ever published twice (a result is committed, then
+    published, and never computed again). A client that was not connected
+    during the kills fetches results by id afterwards."""
+    daemons: list[Daemon] = [start_daemon(workers={"count": 2})]
+    client = Client(daemons[0].intake)
+    published: dict[str, int] = {}
+    sub = Subscriber(daemons[0].publisher, topics=["result."])
+    expected: dict[str, Any] = {}
+    futures: list[tuple[Any, Any]] = []
+    try:
+        per_wave = TASKS // KILLS
+        for wave in range(KILLS):
+            for i in range(per_wave):
+                n = wave * per_wave + i
+                if i % 1000 == 0:  # some tasks are running when the kill comes
+                    futures.append((client.submit(SLEEP, 0.2), 0.2))
+                futures.append((client.submit(ECHO, n), n))
+            # Kill mid-stream: once part of this wave has been answered.
+            wave_futures = futures[-per_wave:]
+            wait_until(lambda wf=wave_futures: sum(f.done() for f, _ in wf) >= 50, 30,
+                       message="the daemon answered nothing of this wave")
+            _take(sub, published)
+            daemons[-1].kill_everything()
+            nxt = daemons[-1].restarted(tmp_path / f"boot{wave + 1}")
+            daemons.append(nxt)
+            nxt.launch().wait_ready()
+        values = [f.result(timeout=60) for f, _ in futures]
+        assert values == [v for _, v in futures]
+        assert client.resubmitted > 0
+        _take(sub, published, settle=0.5)
+        twice = {k: v for k, v in published.items() if v > 1}
+        assert not twice, f"published more than once: {list(twice.items())[:5]}"
+        # The tap misses much: what a new daemon runs before the SUB has
+        # reconnected (the replayed tasks, at once); but not everything.
+        assert published
+
+        ids = [f.task_id for f, _ in futures if f.task_id is not None]
+        assert len(ids) == len(futures)
+        for f, value in futures:
+            expected[f.task_id] = value
+        later = Client(daemons[-1].intake)
+        try:
+            sample = random.Random(11).sample(ids, 1000)
+            assert [later.result(i, timeout=10) for i in sample] == [expected[i] for i in sample]
+        finally:
+            later.close()
+            later.join(10)
+    finally:
+        client.terminate()
+        sub.close()
+        for d in daemons[1:]:
+            d.teardown()
+
+
+def _take(sub: Subscriber, published: dict[str, int], settle: float = 0.0) -> None:
+    """Count every published result id that has arrived (waiting ``settle`` s
+    for stragglers after the last one)."""
+    while True:
+        msg = sub.recv(timeout=settle)
+        if msg is None:
+            return
+        for res in msg.body.get("results", []):
+            published[res["id"]] = published.get(res["id"], 0) + 1
+
+
+KILLER = '''
+import os, signal
+import psutil
+
+def kill_daemon():
+    """SIGKILL the phalanxd this worker belongs to (an ancestor process)."""
+    proc = psutil.Process().parent()
+    while proc is not None and "phalanxd" not in " ".join(proc.cmdline()):
+        proc = proc.parent()
+    os.kill(proc.pid, signal.SIGKILL)
+    return "unreachable"
+'''
+
+
+def test_a_task_that_kills_the_daemon_is_quarantined_across_restarts(
+    start_daemon: StartDaemon, ipc_dir: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A task that SIGKILLs phalanxd itself is charged an attempt on each
+    restart (it was running when the daemon died) and after max_attempts it
+    fails WorkerCrashed, quarantined, instead of killing every new daemon;
+    its result is kept by id and other work goes on."""
+    (ipc_dir / "pxkiller.py").write_text(KILLER)
+    monkeypatch.setenv("PYTHONPATH", str(ipc_dir))
+    daemons = [start_daemon(tasks={"allow": ["workers.builtin", "pxkiller"],
+                                   "max_attempts": 3})]
+    daemons[0].expected_exit = None
+    peer = daemons[0].raw()
+    try:
+        peer.send_msg({"op": "submit", "tasks": [{"task": "pxkiller:kill_daemon",
+                                                   "id": "killer"}]})
+        deaths = 0
+        while True:
+            d = daemons[-1]
+            wait_until(lambda d=d: d.exited() or d.log_events("task_quarantined_on_replay"),
+                       20, message=lambda d=d: f"neither died nor quarantined\n{d.log}")
+            if not d.exited():
+                break
+            deaths += 1
+            assert deaths <= 3, "the task kept killing the daemon past its attempts"
+            d.kill_everything()
+            nxt = d.restarted(tmp_path / f"boot{deaths}")
+            nxt.expected_exit = None
+            daemons.append(nxt)
+            nxt.launch()
+        assert deaths == 3
+        daemons[-1].wait_ready()
+        daemons[-1].expected_exit = 0
+        res = daemons[-1].raw().request({"op": "fetch", "ids": ["killer"]})
+        (result,) = res["results"]
+        assert result["ok"] is False and result["attempts"] == 3
+        assert result["error"]["type"] == "WorkerCrashed"
+        assert "quarantined" in result["error"]["message"]
+        with Client(daemons[-1].intake) as client:
+            assert client.map(ECHO, range(10)) == list(range(10))
+    finally:
+        for d in daemons[1:]:
+            d.teardown()
+
+
+def test_journaled_results_answer_resubmission_by_id_without_running_again(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """After a restart, resubmitting a finished id returns the journaled
+    result (same attempts, no new run); the same id with other arguments is
+    refused with IdConflict; an unknown id fetched gives UnknownId."""
+    d = start_daemon()
+    peer = d.raw()
+    peer.send_msg({"op": "submit", "tasks": [{"task": "workers.testing:pid", "id": "p1"}]})
+    first = peer.results_for({"p1"})["p1"]
+    d.kill_everything()
+    again = d.restarted(tmp_path / "again")
+    again.launch().wait_ready()
+    try:
+        peer2 = again.raw()
+        peer2.send_msg({"op": "submit", "tasks": [{"task": "workers.testing:pid", "id": "p1"}]})
+        assert peer2.results_for({"p1"})["p1"] == first  # the old worker's pid: not run again
+        reply = peer2.request({"op": "submit", "ack": True, "tasks": [
+            {"task": "workers.builtin:echo", "id": "p1", "args": [1]}]})
+        assert reply["op"] == "ack" and reply["accepted"] == []
+        assert reply["rejected"][0]["error"]["type"] == "IdConflict"
+        unknown = peer2.request({"op": "fetch", "ids": ["nope"]})["results"][0]
+        assert unknown["error"]["type"] == "UnknownId"
+    finally:
+        again.teardown()
+
+
+def _decode(body: bytes) -> Any:
+    return msgspec.msgpack.decode(body)
+
+
+def test_phalanxctl_result_and_tasks_read_the_journal_after_a_restart(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """`phalanxctl result ID` prints a journaled result (exit 0, or 1 for a
+    failed task) after the daemon that ran it was killed; `phalanxctl tasks
+    --json` lists pending and recently finished tasks."""
+    from tests.test_ctl import run
+
+    d = start_daemon()
+    peer = d.raw()
+    peer.send_msg({"op": "submit", "tasks": [
+        {"task": ECHO, "id": "good", "args": [{"a": [1, 2]}]},
+        {"task": "workers.builtin:fail", "id": "bad", "args": ["nope"]}]})
+    peer.results_for({"good", "bad"})
+    d.kill_everything()
+    again = d.restarted(tmp_path / "again")
+    again.launch().wait_ready()
+    try:
+        peer2 = again.raw()
+        peer2.send_msg({"op": "submit", "tasks": [{"task": SLEEP, "id": "slow", "args": [30]}]})
+        ok = run(again, "result", "good")
+        assert (ok.code, ok.out.strip()) == (0, '{"a": [1, 2]}'), ok
+        bad = run(again, "result", "bad")
+        assert bad.code == 1 and "nope" in bad.out, bad
+        missing = run(again, "result", "missing")
+        assert missing.code != 0 and "UnknownId" in missing.err, missing
+        def one_pending() -> dict[str, Any] | None:
+            listing = run(again, "tasks", "--json").json()
+            return listing if listing["pending_count"] == 1 else None
+
+        listing = wait_until(one_pending, 10)
+        assert [t["id"] for t in listing["pending"]] == ["slow"]
+        assert {r["id"] for r in listing["recent"]} >= {"good", "bad"}
+        text = run(again, "tasks")
+        assert text.code == 0 and "slow" in text.out and "good" in text.out, text
+    finally:
+        again.teardown()
+
+
+def test_a_corrupt_journal_stops_start_up_with_one_line_and_exit_4(
+    start_daemon: StartDaemon, ipc_dir: Path
+) -> None:
+    """A file that is not a SQLite database: phalanxd exits 4 with one line
+    on stderr saying how to move it aside; after moving it, it starts."""
+    path = ipc_dir / "journal.db"
+    path.write_bytes(b"garbage, not SQLite " * 500)
+    d = start_daemon(wait=False)
+    d.expected_exit = None
+    assert d.wait_exit(20) == 4
+    lines = d.log.strip().splitlines()
+    assert len(lines) == 1 and "corrupt" in lines[0] and f"mv {path}" in lines[0], lines
+    path.rename(path.with_suffix(".bad"))
+    again = d.restarted(ipc_dir / "again")
+    again.launch().wait_ready()
+    again.teardown()
+
+
+def test_a_journal_whose_directory_cannot_be_made_stops_start_up_with_exit_4(
+    start_daemon: StartDaemon, ipc_dir: Path
+) -> None:
+    """The journal's directory is in the way (a file): exit 4, one line."""
+    (ipc_dir / "blocker").write_text("a file where a directory should be")
+    d = start_daemon(wait=False, journal={"path": str(ipc_dir / "blocker" / "journal.db")})
+    d.expected_exit = None
+    assert d.wait_exit(20) == 4
+    lines = d.log.strip().splitlines()
+    assert len(lines) == 1 and "journal directory" in lines[0], lines
+
+
+def test_a_journal_in_a_read_only_directory_stops_start_up_with_exit_4(
+    start_daemon: StartDaemon, ipc_dir: Path
+) -> None:
+    import os
+
+    import pytest
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only directories: cannot be shown as root")
+    ro = ipc_dir / "ro"
+    ro.mkdir(mode=0o500)
+    try:
+        d = start_daemon(wait=False, journal={"path": str(ro / "journal.db")})
+        d.expected_exit = None
+        assert d.wait_exit(20) == 4
+        assert "not writable" in d.log, d.log
+    finally:
+        ro.chmod(0o700)
+
+
+def test_a_missing_journal_directory_is_created(start_daemon: StartDaemon, ipc_dir: Path) -> None:
+    path = ipc_dir / "state" / "deeper" / "journal.db"
+    d = start_daemon(journal={"path": str(path)})
+    with Client(d.intake) as client:
+        assert client.submit(ECHO, 1).result(timeout=10) == 1
+    assert path.exists()
+
+
+def test_a_full_journal_refuses_new_work_by_name_and_recovers(start_daemon: StartDaemon) -> None:
+    """journal.max_bytes (SQLite's max_page_count, so a real SQLITE_FULL, as
+    on a full disk): while queued work fills the journal, new tasks are
+    refused with JournalFull instead of being accepted unrecorded; every
+    task that was accepted completes; once the queue drains it accepts again."""
+    d = start_daemon(journal={"max_bytes": 512 * 1024, "retention_seconds": 0.0})
+    peer = d.raw()
+    blockers = [f"block{i}" for i in range(2)]
+    peer.send_msg({"op": "submit", "tasks": [{"task": SLEEP, "id": b, "args": [2.0]}
+                                              for b in blockers]})
+    accepted: list[str] = []
+    refused: list[dict[str, Any]] = []
+    got: dict[str, dict[str, Any]] = {}
+    big = "x" * 16_000
+    for i in range(200):
+        reply = _ack(peer, got, {"op": "submit", "ack": True, "ref": i, "tasks": [
+            {"task": ECHO, "id": f"big{i}", "args": [big]}]})
+        accepted += reply["accepted"]
+        refused += [r["error"] for r in reply["rejected"]]
+        if refused:
+            break
+    assert refused and refused[0]["type"] == "JournalFull", (len(accepted), refused)
+    got.update(peer.results_for((set(accepted) | set(blockers)) - got.keys(), timeout=30))
+    assert all(got[i]["ok"] and got[i]["value"] == big for i in accepted)
+
+    def accepts_again() -> bool:
+        reply = _ack(peer, got, {"op": "submit", "ack": True, "ref": "again",
+                            "tasks": [{"task": ECHO, "args": [1]}]})
+        return bool(reply["accepted"])
+
+    wait_until(accepts_again, 15, interval=0.2, message="never accepted work again")
+
+
+def _ack(peer: Any, got: dict[str, dict[str, Any]], request: dict[str, Any]) -> dict[str, Any]:
+    """Send ``request``; return its ack (results arriving meanwhile go to ``got``)."""
+    peer.send_msg(request)
+    while True:
+        msg = peer.recv()
+        if msg.get("op") == "ack" and msg.get("ref") == request["ref"]:
+            return msg  # type: ignore[no-any-return]
+        for res in msg.get("results", []):
+            got[res["id"]] = res
