@@ -80,6 +80,10 @@ class TasksSection(_Section, frozen=True):
     # Finished results remembered per id so a client that resubmits after a
     # reconnect gets the same answer instead of a second run.
     result_cache: NonNegInt = 10_000
+    # Reply messages queued to one client that stopped reading; past it its
+    # replies are dropped and counted, and its next pong says how many
+    # (the client then re-attaches its tasks by id).
+    max_queued_replies: PositiveInt = 10_000
 
 
 class RestartSection(_Section, frozen=True):

@@ -29,7 +29,10 @@ NO_OPTS: Opts = (None, None, None, None)
 
 
 class Submit(msgspec.Struct, tag_field="op", tag="submit"):
-    tasks: list[TaskOut]
+    # Each task already encoded (types.encode_task, in the caller's thread):
+    # its size is known before it is batched, and a resubmission re-sends
+    # the same bytes without encoding again.
+    tasks: list[msgspec.Raw]
     ref: int
     # No ack: refusals come back as failed results, one message less per
     # request on the latency path. A refused request still gets its error.
@@ -67,11 +70,19 @@ class Results(msgspec.Struct, tag_field="op", tag="results"):
     results: list[Res]
 
 
+class Ping(msgspec.Struct, tag_field="op", tag="ping", omit_defaults=True):
+    ref: int | None = None
+
+
 class Pong(msgspec.Struct, tag_field="op", tag="pong"):
     version: str
     protocol: int
     boot: str
     workers: int
+    ref: int | str | None = None
+    # Replies to this connection the daemon had to drop (its send queue to
+    # us was full) since its last pong to us: a reason to re-attach.
+    dropped: int = 0
 
 
 class ErrorReply(msgspec.Struct, tag_field="op", tag="error"):
@@ -79,7 +90,7 @@ class ErrorReply(msgspec.Struct, tag_field="op", tag="error"):
     ref: int | str | None = None
 
 
+Reply = Ack | Results | Pong | ErrorReply
 encoder = msgspec.msgpack.Encoder()
-decoder = msgspec.msgpack.Decoder(Ack | Results | Pong | ErrorReply)
 
 

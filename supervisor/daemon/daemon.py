@@ -52,8 +52,8 @@ from supervisor.daemon.control import dispatch as control
 from supervisor.daemon.lifecycle import Lifecycle
 from supervisor.daemon.notify import Notifier
 from supervisor.daemon.output import RingLog
+from supervisor.daemon.publisher import HEARTBEAT_INTERVAL, Publisher
 from supervisor.daemon.publisher import SNDHWM as PUBLISH_SNDHWM
-from supervisor.daemon.publisher import Publisher
 from supervisor.daemon.recovery import Recovery
 from supervisor.daemon.slot_io import SlotIO
 from supervisor.daemon.workerproc import stop_forkserver
@@ -67,7 +67,6 @@ from supervisor.protocol import (
 
 log = structlog.get_logger("phalanxd")
 S = SlotState
-INTAKE_SNDHWM = 10_000  # reply messages queued per client, see start()
 
 # Handled signals and what each means; the handlers themselves do nothing
 # (Python's C-level handler already wrote the signal number to our fd).
@@ -141,7 +140,7 @@ class Daemon(SlotIO, Recovery, Lifecycle):
             # counted (stats: unroutable_replies). Nothing is lost for good:
             # every result is also published and kept in the result cache,
             # so resubmitting the id gets the answer again.
-            self.intake.setsockopt(zmq.SNDHWM, INTAKE_SNDHWM)
+            self.intake.setsockopt(zmq.SNDHWM, self.cfg.tasks.max_queued_replies)  # issue 9
             self.intake.setsockopt(zmq.RCVHWM, 100_000)
             self._bind(self.intake, self.cfg.endpoints.intake, "intake")
             self.pub_sock = self.ctx.socket(zmq.XPUB)
@@ -183,6 +182,7 @@ class Daemon(SlotIO, Recovery, Lifecycle):
         for slot in self.slots:
             self.start_slot(slot)
         self.every(1.0, self._report_status)
+        self.every(HEARTBEAT_INTERVAL, self.publisher.heartbeat)  # issue 9: tail loss is visible
 
     def forkserver_preload(self) -> list[str]:
         # Each child re-runs the main script (phalanxd) before its target;
@@ -344,6 +344,8 @@ class Daemon(SlotIO, Recovery, Lifecycle):
             # EHOSTUNREACH: the client is gone; EAGAIN: it stopped reading.
             # Either way the result is still published.
             self.unroutable += 1
+            if exc.errno == zmq.EAGAIN:  # issue 9: the client learns of it in its next pong
+                intake.note_dropped(route)
             if self.unroutable & (self.unroutable - 1) == 0:  # log 1, 2, 4, 8...
                 log.warning("reply_unroutable", error=str(exc), count=self.unroutable)
 
