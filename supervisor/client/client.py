@@ -106,7 +106,7 @@ class Client(Api):
         self._closing = False
         try:
             self._engine = Engine(self._endpoints, Window(max_in_flight, max_in_flight_bytes),
-                                  after)
+                                  after, max_message_bytes)
         except zmq.ZMQError as exc:
             raise ValueError(f"cannot connect to {self._endpoints}: {exc}") from None
 

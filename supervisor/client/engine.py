@@ -55,10 +55,13 @@ Sent = tuple[msgspec.Raw, int, Link]  # a task as sent: bytes, size, where
 
 
 class Engine:
-    def __init__(self, endpoints: list[str], window: Window, unreachable_after: float) -> None:
+    def __init__(self, endpoints: list[str], window: Window, unreachable_after: float,
+                 max_message_bytes: int) -> None:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.links = [Link(self.ctx, ep) for ep in endpoints]
         self.window = window
+        # A batch closes before it could pass the daemon's message limit.
+        self.batch_bytes = min(BATCH_BYTES, max_message_bytes // 2)
         self.unreachable_after = unreachable_after
         self.lock = threading.Lock()
         self.outq: deque[tuple[str, bytes, int]] = deque()
@@ -68,7 +71,6 @@ class Engine:
         self.refs = itertools.count(1)
         self.pong_waiters: list[AsyncResult] = []  # ping() calls awaiting a pong
         self.ping_requests: deque[AsyncResult] = deque()
-        self.rr = 0
         self.idle = False  # the I/O thread is (about to be) asleep: wake it
         self.parked = False  # ...and holds no lock: a caller may drive
         self.driving = False  # a caller holds the lock in drive()
@@ -248,23 +250,26 @@ class Engine:
             self._recv_all(link, now)
         return self._tend(now)
 
-    def _pick(self) -> Link:
+    def _pick(self) -> tuple[Link, int]:
+        """Where the next batch goes, and how many tasks it may hold: with
+        several daemons, the one holding fewest of our tasks gets its share
+        of what is queued (a burst is spread, not sent to one)."""
         links = self.links
         if len(links) == 1:
-            return links[0]
+            return links[0], MAX_BATCH
         up = [link for link in links if not link.down] or links
-        self.rr = (self.rr + 1) % len(up)
-        return up[self.rr]
+        share = -(-len(self.outq) // len(up))
+        return min(up, key=lambda link: len(link.ids)), max(1, min(MAX_BATCH, share))
 
     def send_queued(self) -> None:
         outq, win, pending = self.outq, self.window, self.pending
         while outq and win.has_room():
-            link = self._pick()
+            link, most = self._pick()
             raws: list[msgspec.Raw] = []
             ids: list[str] = []
             size = 0
-            while outq and len(raws) < MAX_BATCH and win.has_room():
-                if raws and size + outq[0][2] > BATCH_BYTES:
+            while outq and len(raws) < most and win.has_room():
+                if raws and size + outq[0][2] > self.batch_bytes:
                     break
                 task_id, body, n = outq.popleft()
                 sink = pending.get(task_id)
@@ -299,15 +304,21 @@ class Engine:
         src.ids.clear()
         self.resubmitted += len(ids)
         sent = self.sent
-        for start in range(0, len(ids), MAX_BATCH):
-            part = ids[start:start + MAX_BATCH]
-            raws = []
-            for task_id in part:
-                raw, n, _ = sent[task_id]
-                sent[task_id] = (raw, n, dst)
-                dst.ids.add(task_id)
-                raws.append(raw)
-            self._send(dst, raws, part, sum(len(r) for r in raws))
+        raws: list[msgspec.Raw] = []
+        part: list[str] = []
+        size = 0
+        for task_id in ids:  # batches bounded by count and bytes, as send_queued's
+            raw, n, _ = sent[task_id]
+            if raws and (len(raws) >= MAX_BATCH or size + n > self.batch_bytes):
+                self._send(dst, raws, part, size)
+                raws, part, size = [], [], 0
+            sent[task_id] = (raw, n, dst)
+            dst.ids.add(task_id)
+            raws.append(raw)
+            part.append(task_id)
+            size += n
+        if raws:
+            self._send(dst, raws, part, size)
 
     def _tend(self, now: float) -> float | None:
         """Heartbeats, silence, and when to look again."""
