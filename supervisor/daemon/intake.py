@@ -131,9 +131,14 @@ def handle(d: Daemon, frames: list[bytes]) -> None:
         _refuse(d, route, req, BadRequest(f"a string is not valid UTF-8: {exc.reason}"))
         return
     if isinstance(request, Ping):
-        dropped = _dropped.pop(route, 0)
+        dropped = _dropped.get(route, 0)
         pong = Pong(__version__, PROTOCOL_VERSION, d.boot, len(d.slots), request.ref, dropped)
+        before = d.unroutable
         d.send_reply(route, encoder.encode(pong), req)
+        if dropped and d.unroutable == before:  # told: forget (a dropped pong tells nobody)
+            left = _dropped.pop(route, 0) - dropped
+            if left > 0:
+                _dropped[route] = left
     elif isinstance(request, Submit):
         submit(d, route, req, request)
 
