@@ -89,7 +89,7 @@ class Results(msgspec.Struct, tag_field="op", tag="results"):
     results: list[Result]
 
 
-class Pong(msgspec.Struct, tag_field="op", tag="pong"):
+class Pong(msgspec.Struct, tag_field="op", tag="pong", omit_defaults=True):
     version: str
     protocol: int
     boot: str

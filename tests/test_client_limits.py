@@ -75,9 +75,9 @@ def test_no_daemon_fails_pending_work_with_a_named_error() -> None:
         with pytest.raises(DaemonUnreachable):
             c.apply(ECHO, (2,), timeout=30)
     with Client(endpoint, unreachable_after=60) as c:
-        with pytest.raises(TimeoutError, match="results not in within 0.2s"):
+        with pytest.raises(TimeoutError, match=r"results not in within 0\.2s"):
             c.map(ECHO, range(3), timeout=0.2)
-        with pytest.raises(TimeoutError, match="did not finish within 0.2s"):
+        with pytest.raises(TimeoutError, match=r"did not finish within 0\.2s"):
             c.apply(ECHO, (1,), timeout=0.2)
         with pytest.raises(TimeoutError, match="a pong from"):
             c.ping(timeout=0.2)
@@ -86,7 +86,7 @@ def test_no_daemon_fails_pending_work_with_a_named_error() -> None:
 
 @pytest.mark.parametrize("endpoint", ["127.0.0.1:7455", "tcp://", "", "tcp//x:1", "tcp://nohost"])
 def test_a_malformed_endpoint_is_a_value_error_in_the_caller(endpoint: str) -> None:
-    with pytest.raises(ValueError, match="endpoint|connect"):
+    with pytest.raises(ValueError, match=r"endpoint|connect"):
         Client(endpoint)
 
 
