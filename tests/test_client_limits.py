@@ -44,19 +44,24 @@ def test_one_oversized_task_is_refused_at_once_with_the_sizes(start_daemon: Star
 
 def test_a_refusal_by_the_daemon_fails_the_request_it_refuses(start_daemon: StartDaemon
                                                               ) -> None:
-    """A client that believes the limit is higher sends a 300 KB task; the
-    daemon's TooLarge carries the request's ref, so exactly that future
-    fails (no hang, also on exit), and the refusal is counted in stats."""
+    """A client that believes the limit is higher sends a 300 KB task among
+    small ones; the daemon's TooLarge carries the request's ref, so the
+    client knows which request it refuses: a batch is sent again task by
+    task, and only the big task fails (no hang, also on exit). The
+    refusals are counted in stats."""
     d = start_daemon(tasks={"max_message_bytes": LIMIT})
     with Client(d.intake) as c:  # the default limit: 16 MiB
-        big = c.submit(ECHO, b"x" * 300_000)
-        small = c.submit(ECHO, "ok")
+        futs = [c.submit(ECHO, b"x" * 300_000 if i == 3 else i) for i in range(8)]
         with pytest.raises(TaskError) as info:
-            big.result(10)
+            futs[3].result(10)
         assert info.value.type == "TooLarge"
         assert "limit is 262144" in info.value.message
-        assert small.result(10) == "ok"
-    assert d.stats()["refused"] == {"TooLarge": 1}
+        assert [f.result(10) for i, f in enumerate(futs) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
+        # ...and in a map, where the tasks surely share a batch:
+        with pytest.raises(TaskError, match="TooLarge"):
+            c.map(ECHO, [1, 2, b"y" * 300_000, 4], timeout=10)
+        assert c.map(ECHO, [1, 2, 3], timeout=10) == [1, 2, 3]
+    assert d.stats()["refused"]["TooLarge"] >= 2
 
 
 def test_no_daemon_fails_pending_work_with_a_named_error() -> None:

@@ -320,6 +320,15 @@ class Engine:
         if raws:
             self._send(dst, raws, part, size)
 
+    def _resend_alone(self, link: Link, ids: list[str]) -> None:
+        """A batch was too large for the daemon (its limit is below ours):
+        send each of its tasks as a request of its own, so that only the
+        task that is too large by itself is refused."""
+        for task_id in ids:
+            rec = self.sent.get(task_id)
+            if rec is not None and task_id in self.pending:
+                self._send(link, [rec[0]], [task_id], rec[1])
+
     def _tend(self, now: float) -> float | None:
         """Heartbeats, silence, and when to look again."""
         wait: float | None = None
@@ -368,6 +377,9 @@ class Engine:
                     fut._complete(msg, None)
             elif isinstance(msg, ErrorReply):
                 ids = self.unacked.pop(msg.ref, [])  # type: ignore[arg-type]
+                if msg.error.type == "TooLarge" and len(ids) > 1:
+                    self._resend_alone(link, ids)  # one big task must not sink its batch
+                    continue
                 for task_id in ids:
                     e = msg.error
                     self.complete_error(task_id, task_error(e.type, e.message, task_id=task_id))
