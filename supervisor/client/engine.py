@@ -32,7 +32,7 @@ import zmq
 
 from supervisor.client import results as _results
 from supervisor.client.errors import ClientBroken, ClientClosed, DaemonUnreachable, task_error
-from supervisor.client.futures import AsyncResult
+from supervisor.client.futures import DONE_STATES, AsyncResult
 from supervisor.client.links import Link
 from supervisor.client.types import ext_hook
 from supervisor.client.window import Window
@@ -74,6 +74,7 @@ class Engine:
         self.idle = False  # the I/O thread is (about to be) asleep: wake it
         self.parked = False  # ...and holds no lock: a caller may drive
         self.driving = False  # a caller holds the lock in drive()
+        self.unwatched = False  # sent by a caller, nobody receiving yet
         self.closing = False
         self.stop = False
         self.broken: BaseException | None = None
@@ -111,8 +112,22 @@ class Engine:
                 self._break(exc)
             finally:
                 self.lock.release()
-            self.wake()  # it watches for the result unless a caller drives first
+            if sink.__class__ is AsyncResult:
+                # Nobody watches the socket yet. Waking the I/O thread now
+                # would cost a thread switch per call; the future wakes it
+                # (watch()) the moment anyone waits on it without driving:
+                # result() that cannot drive, wait(), as_completed(),
+                # add_done_callback(), done().
+                self.unwatched = True
+            else:
+                self.wake()  # a map's collector has no such hook
         elif self.idle:
+            self.wake()
+
+    def watch(self) -> None:
+        """Make sure someone receives: called by futures before waiting."""
+        if self.unwatched:
+            self.unwatched = False
             self.wake()
 
     def request_ping(self, fut: AsyncResult) -> None:
@@ -138,12 +153,13 @@ class Engine:
                     wait = min(wait, left) if wait is not None else left
                 readable = self._poll(DRIVE_SLICE if wait is None else min(wait, DRIVE_SLICE))
                 wait = self._guarded_step(readable)
-                if fut.done():
+                if fut._state in DONE_STATES:
                     break
         finally:
             self.driving = False
             self.lock.release()
             if self.pending or self.outq or self.ping_requests or self.closing or self.stop:
+                self.unwatched = False
                 self.wake()
 
     # ---------------------------------------------------------- I/O thread
@@ -152,6 +168,7 @@ class Engine:
             while True:
                 with self.lock:
                     self.parked = False
+                    self.unwatched = False
                     done = self._serve()
                     if not done:
                         self.parked = True

@@ -26,7 +26,7 @@ __all__ = ["AsyncResult", "TaskError"]
 # through ``_condition`` first, which creates it under the same lock. Once
 # it exists, every method behaves exactly as the standard Future's.
 _LAZY = threading.Lock()
-_DONE_STATES = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED"})
+DONE_STATES = _DONE_STATES = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED"})
 
 
 class AsyncResult(Future[Any]):
@@ -50,6 +50,10 @@ class AsyncResult(Future[Any]):
             cond = self.__dict__.get("_condition")
             if cond is None:
                 cond = self.__dict__["_condition"] = threading.Condition()
+        # Whoever needs the Condition is about to wait (or cancel): someone
+        # must be receiving this future's result (Engine.watch).
+        if self._engine is not None:
+            self._engine.watch()
         return cond
 
     def _complete(self, result: Any, exception: BaseException | None) -> bool:
@@ -117,7 +121,7 @@ class AsyncResult(Future[Any]):
         the client's socket (Engine.drive): no hop through the I/O thread."""
         deadline = None if timeout is None else time.monotonic() + timeout
         engine = self._engine
-        if engine is not None and not self.done():
+        if engine is not None and self._state not in _DONE_STATES:
             engine.drive(self, deadline)
             if self._state == "FINISHED":
                 return  # no Condition needed: the common case after drive()
@@ -129,7 +133,16 @@ class AsyncResult(Future[Any]):
                                "(the task may still run; the future stays usable)") from None
 
     def done(self) -> bool:
-        return self._state in _DONE_STATES
+        if self._state in _DONE_STATES:
+            return True
+        if self._engine is not None:
+            self._engine.watch()  # polling done() in a loop must see progress
+        return False
+
+    def add_done_callback(self, fn: Any) -> None:
+        if self._engine is not None:
+            self._engine.watch()
+        super().add_done_callback(fn)
 
     def get(self, timeout: float | None = None) -> Any:
         return self.result(timeout)
