@@ -3,9 +3,9 @@
     from supervisor.client import Client, Subscriber, TaskError
 
 client.py (Client), api.py (its Pool/Executor-shaped methods), engine.py
-(the sockets, the window, completion), links.py (one daemon: heartbeat and
-re-attachment), window.py, types.py (the MessagePack type policy),
-errors.py (what the client raises), results.py, futures.py (the cheap
+(the sockets, the window, completion), links.py (one daemon: when to
+re-attach), heartbeat.py (pings, silence, re-sending), window.py, types.py (the MessagePack type policy),
+errors.py (what the client raises), results.py (receiving), futures.py (the cheap
 Future and AsyncResult), wire.py (the client's view of the protocol),
 subscriber.py (SUB with per-topic gap detection).
 """

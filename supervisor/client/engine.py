@@ -13,9 +13,14 @@ I/O thread holds the lock while anything is pending; when the client is
 idle it lets go and sleeps on its wake pipe. A caller that then waits on
 its one future takes the lock and receives the result itself, which saves
 the two thread hand-offs (~100 us) a round trip through the I/O thread
-costs. Whoever releases the lock with work left wakes the I/O thread, so
-work is never left unwatched; anything unexpected raised while holding it
-breaks the client for everyone at once (ClientBroken), never silently.
+costs. A task a caller sent itself this way does not wake the I/O thread
+either (that switch would cost as much); instead the future wakes it
+(``watch``) as soon as anyone waits on it without receiving: result()
+that cannot take the lock, wait(), as_completed(), add_done_callback(),
+done(). Whoever releases the lock with work left wakes the I/O thread, so
+work someone waits for is never left unwatched; anything unexpected raised
+while holding it breaks the client for everyone at once (ClientBroken),
+never silently.
 """
 
 from __future__ import annotations
@@ -30,18 +35,18 @@ from typing import Any
 import msgspec
 import zmq
 
+from supervisor.client import heartbeat
 from supervisor.client import results as _results
-from supervisor.client.errors import ClientBroken, ClientClosed, DaemonUnreachable, task_error
+from supervisor.client.errors import ClientBroken, ClientClosed
 from supervisor.client.futures import DONE_STATES, AsyncResult
+from supervisor.client.heartbeat import MAX_BATCH
 from supervisor.client.links import Link
 from supervisor.client.types import ext_hook
 from supervisor.client.window import Window
-from supervisor.client.wire import Ack, ErrorReply, Pong, Reply, Results, Submit, encoder
+from supervisor.client.wire import Reply, Submit, encoder
 
-MAX_BATCH = 1024  # tasks per message
 BATCH_BYTES = 1024 * 1024  # a batch closes past this many bytes of tasks
 UNACKED_KEPT = 4096  # recent requests whose refusal could still arrive
-HEARTBEAT = 1.0  # seconds between pings to a daemon holding our tasks
 UNREACHABLE_AFTER = 10.0  # seconds of silence before pending tasks fail
 # A caller receiving for its own future looks up at least this often (s),
 # so work other threads queue meanwhile never waits longer for its turn.
@@ -264,8 +269,8 @@ class Engine:
         if self.outq:
             self.send_queued()
         for link in self.links if readable is None else readable:
-            self._recv_all(link, now)
-        return self._tend(now)
+            _results.receive(self, link, now)
+        return heartbeat.tend(self, now)
 
     def _pick(self) -> tuple[Link, int]:
         """Where the next batch goes, and how many tasks it may hold: with
@@ -315,98 +320,6 @@ class Engine:
         body = encoder.encode(Submit(raws, ref))
         link.sock.send(body, zmq.NOBLOCK, copy=size < 65536)
 
-    def reattach(self, src: Link, dst: Link) -> None:
-        """Send every task ``src`` holds again, same ids, on ``dst``."""
-        ids = [i for i in src.ids if i in self.pending and i in self.sent]
-        src.ids.clear()
-        self.resubmitted += len(ids)
-        sent = self.sent
-        raws: list[msgspec.Raw] = []
-        part: list[str] = []
-        size = 0
-        for task_id in ids:  # batches bounded by count and bytes, as send_queued's
-            raw, n, _ = sent[task_id]
-            if raws and (len(raws) >= MAX_BATCH or size + n > self.batch_bytes):
-                self._send(dst, raws, part, size)
-                raws, part, size = [], [], 0
-            sent[task_id] = (raw, n, dst)
-            dst.ids.add(task_id)
-            raws.append(raw)
-            part.append(task_id)
-            size += n
-        if raws:
-            self._send(dst, raws, part, size)
-
-    def _resend_alone(self, link: Link, ids: list[str]) -> None:
-        """A batch was too large for the daemon (its limit is below ours):
-        send each of its tasks as a request of its own, so that only the
-        task that is too large by itself is refused."""
-        for task_id in ids:
-            rec = self.sent.get(task_id)
-            if rec is not None and task_id in self.pending:
-                self._send(link, [rec[0]], [task_id], rec[1])
-
-    def _tend(self, now: float) -> float | None:
-        """Heartbeats, silence, and when to look again."""
-        wait: float | None = None
-        after = self.unreachable_after
-        for link in self.links:
-            if link.silent(now, after):
-                link.forget_pings()
-                if link.ids:
-                    others = [o for o in self.links if o is not link and not o.down]
-                    if others:
-                        self.reattach(link, others[0])
-                    else:
-                        self._fail_ids(list(link.ids), lambda i, ep=link.endpoint: (
-                            DaemonUnreachable("DaemonUnreachable",
-                                              f"no answer from {ep} for {after:g}s "
-                                              "(heartbeat pings unanswered)", task_id=i)))
-            busy = bool(link.ids) or bool(self.pong_waiters)
-            if (busy and now >= link.next_ping) or (link.boot is None and not link.pings):
-                link.ping(now)
-                link.next_ping = now + HEARTBEAT
-            if busy:
-                wait = _min(wait, link.next_ping - now)
-            if link.awaiting_since is not None and busy:
-                wait = _min(wait, link.awaiting_since + after - now)
-        return None if wait is None else max(wait, 0.0)
-
-    # ------------------------------------------------------------ receive
-    def _recv_all(self, link: Link, now: float) -> None:
-        sock = link.sock
-        # ZMQ_EVENTS first: cheaper than the exception of an empty recv.
-        while _events(sock, EVENTS) & POLLIN:  # type: ignore[operator]
-            body = sock.recv(zmq.NOBLOCK)
-            link.on_heard(now)
-            try:
-                msg = self.decoder.decode(body)
-            except (msgspec.DecodeError, msgspec.ValidationError, TypeError):
-                _results.salvage(self, body)  # one bad value must not lose a batch
-                continue
-            if isinstance(msg, Results):
-                _results.on_results(self, msg.results)
-            elif isinstance(msg, Pong):
-                if link.on_pong(msg) and link.ids:
-                    self.reattach(link, link)
-                waiters, self.pong_waiters = self.pong_waiters, []
-                for fut in waiters:
-                    fut._complete(msg, None)
-            elif isinstance(msg, ErrorReply):
-                ids = self.unacked.pop(msg.ref, [])  # type: ignore[arg-type]
-                if msg.error.type == "TooLarge" and len(ids) > 1:
-                    self._resend_alone(link, ids)  # one big task must not sink its batch
-                    continue
-                for task_id in ids:
-                    e = msg.error
-                    self.complete_error(task_id, task_error(e.type, e.message, task_id=task_id))
-            elif isinstance(msg, Ack):
-                self.unacked.pop(msg.ref, None)  # type: ignore[arg-type]
-                for rej in msg.rejected:
-                    if rej.id is not None:
-                        e = rej.error
-                        self.complete_error(rej.id, task_error(e.type, e.message, task_id=rej.id))
-
     # ---------------------------------------------------------- completion
     def complete_error(self, task_id: str, err: BaseException) -> None:
         rec = self.sent.pop(task_id, None)
@@ -445,7 +358,3 @@ class Engine:
         self.wake_r = self.wake_w = -1
         if not self.ctx.closed:
             self.ctx.term()
-
-
-def _min(a: float | None, b: float) -> float:
-    return b if a is None else min(a, b)
