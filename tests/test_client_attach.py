@@ -42,7 +42,7 @@ def test_a_client_that_stopped_reading_gets_every_result(start_daemon: StartDaem
     n = 3000
     d = start_daemon(tasks={"max_queued_replies": 5, "result_cache": 10_000})
     proc = subprocess.Popen([sys.executable, "-c", STOPPED_CLIENT, d.intake, str(n)],
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, text=True, process_group=0)
     try:
         wait_until(lambda: d.stats()["accepted"] >= n + 2, 30,
                    message="the client's tasks never all arrived")
