@@ -107,6 +107,10 @@ class TasksSection(_Section, frozen=True):
     # config file may not (parse() refuses the key), so a configured
     # daemon's intake never accepts pickle. docs/POOL.md.
     accept_pickle: bool = False
+    # Reply messages queued to one client that stopped reading; past it its
+    # replies are dropped and counted, and its next pong says how many
+    # (the client then re-attaches its tasks by id).
+    max_queued_replies: PositiveInt = 10_000
 
 
 class RestartSection(_Section, frozen=True):

@@ -70,7 +70,7 @@ class RefOnly(msgspec.Struct):
 
 
 class Ping(msgspec.Struct, tag_field="op", tag="ping", forbid_unknown_fields=True):
-    pass
+    ref: Ref = None  # echoed in the pong: which ping it answers
 
 
 class Fetch(msgspec.Struct, tag_field="op", tag="fetch", forbid_unknown_fields=True):
@@ -108,11 +108,15 @@ class Results(msgspec.Struct, tag_field="op", tag="results"):
     results: list[Result]
 
 
-class Pong(msgspec.Struct, tag_field="op", tag="pong"):
+class Pong(msgspec.Struct, tag_field="op", tag="pong", omit_defaults=True):
     version: str
     protocol: int
     boot: str
     workers: int
+    ref: Ref = None
+    # Replies to this connection dropped (its queue was full) since the
+    # last pong to it: the client should re-attach its tasks by id.
+    dropped: int = 0
 
 
 class ErrorReply(msgspec.Struct, tag_field="op", tag="error", omit_defaults=True):

@@ -2,12 +2,23 @@
 
     from supervisor.client import Client, Subscriber, TaskError
 
-client.py (Client: the I/O thread, heartbeat, resubmission), futures.py
-(the cheap Future and AsyncResult), wire.py (the client's view of the
-protocol), subscriber.py (SUB with per-topic gap detection).
+client.py (Client), api.py (its Pool/Executor-shaped methods), engine.py
+(the sockets, the window, completion), links.py (one daemon: when to
+re-attach), heartbeat.py (pings, silence, re-sending), window.py, types.py (the MessagePack type policy),
+errors.py (what the client raises), results.py (receiving), futures.py (the cheap
+Future and AsyncResult), wire.py (the client's view of the protocol),
+subscriber.py (SUB with per-topic gap detection).
 """
 
-from supervisor.client.client import Client, Message, Subscriber, TaskError
+from supervisor.client.client import Client, Message, Subscriber
+from supervisor.client.errors import (
+    ClientBroken,
+    ClientClosed,
+    DaemonUnreachable,
+    TaskError,
+    TooLarge,
+)
 from supervisor.client.futures import AsyncResult
 
-__all__ = ["Client", "Subscriber", "Message", "TaskError", "AsyncResult"]
+__all__ = ["Client", "Subscriber", "Message", "TaskError", "AsyncResult", "TooLarge",
+           "DaemonUnreachable", "ClientClosed", "ClientBroken"]

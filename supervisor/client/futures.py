@@ -4,22 +4,16 @@ cheap to create, and answers multiprocessing's AsyncResult methods too."""
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future, InvalidStateError
-from typing import Any
+import time
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
 
+from supervisor.client.errors import TaskError
 
-class TaskError(Exception):
-    """A task did not succeed: it raised, its worker died, it timed out, or
-    the daemon refused it. ``type`` is the stable name (``UnknownTask``,
-    ``WorkerCrashed``, ``Timeout``, or the task's exception class name)."""
+if TYPE_CHECKING:
+    from supervisor.client.engine import Engine
 
-    def __init__(self, type: str, message: str, traceback: str | None = None,
-                 task_id: str | None = None) -> None:
-        super().__init__(f"{type}: {message}")
-        self.type = type
-        self.message = message
-        self.traceback = traceback
-        self.task_id = task_id
+__all__ = ["AsyncResult", "TaskError"]
 
 
 # Why a lazily built Condition: concurrent.futures.Future.__init__ builds a
@@ -32,14 +26,17 @@ class TaskError(Exception):
 # through ``_condition`` first, which creates it under the same lock. Once
 # it exists, every method behaves exactly as the standard Future's.
 _LAZY = threading.Lock()
-_DONE_STATES = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED"})
+DONE_STATES = _DONE_STATES = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED"})
 
 
 class AsyncResult(Future[Any]):
     """A concurrent.futures.Future that also answers multiprocessing's
     AsyncResult methods (get, wait, ready, successful)."""
 
-    def __init__(self) -> None:  # no super().__init__: see above
+    def __init__(self, engine: Engine | None = None, what: str = "task") -> None:
+        # no super().__init__: see above
+        self._engine = engine  # lets result() receive on the socket itself
+        self._what = what  # named in TimeoutError messages
         self._state = "PENDING"
         self._result: Any = None
         self._exception: BaseException | None = None
@@ -54,28 +51,51 @@ class AsyncResult(Future[Any]):
             cond = self.__dict__.get("_condition")
             if cond is None:
                 cond = self.__dict__["_condition"] = threading.Condition()
+        # Whoever needs the Condition is about to wait (or cancel): someone
+        # must be receiving this future's result (Engine.watch).
+        if self._engine is not None:
+            self._engine.watch()
         return cond
 
-    def _complete(self, result: Any, exception: BaseException | None) -> None:
-        already = None
+    def _complete(self, result: Any, exception: BaseException | None) -> bool:
+        """Finish, unless already finished or cancelled (then False).
+
+        Never raises: a caller may cancel() while the result is arriving,
+        and the thread completing futures must not die of that race."""
         with _LAZY:
             fast = "_condition" not in self.__dict__
             if fast:
                 if self._state in _DONE_STATES:
-                    already = self._state
-                else:
-                    self._result = result
-                    self._exception = exception
-                    self._state = "FINISHED"
-        if already is not None:  # raised outside the lock: repr() takes it
-            raise InvalidStateError(f"{already}: {self!r}")
+                    return False
+                self._result = result
+                self._exception = exception
+                self._state = "FINISHED"
         if fast:
             if self._done_callbacks:
                 self._invoke_callbacks()
-        elif exception is None:
-            super().set_result(result)
-        else:
-            super().set_exception(exception)
+            return True
+        with self._condition:  # an RLock: the calls below take it again
+            if self._state in _DONE_STATES:
+                return False
+            if exception is None:
+                super().set_result(result)
+            else:
+                super().set_exception(exception)
+        return True
+
+    def _claim(self) -> bool:
+        """PENDING -> RUNNING as the task leaves the client; False if the
+        caller cancelled it first (then it is never sent)."""
+        with _LAZY:
+            if "_condition" not in self.__dict__:
+                if self._state == "PENDING":
+                    self._state = "RUNNING"
+                    return True
+                return self._state == "RUNNING"
+        with self._condition:
+            if self._state in ("PENDING", "CANCELLED"):
+                return self.set_running_or_notify_cancel()
+            return self._state == "RUNNING"
 
     def set_result(self, result: Any) -> None:
         self._complete(result, None)
@@ -84,14 +104,46 @@ class AsyncResult(Future[Any]):
         self._complete(None, exception)
 
     def result(self, timeout: float | None = None) -> Any:
-        if self._state == "FINISHED":  # final: no lock needed to read it
-            if self._exception is not None:
-                raise self._exception
-            return self._result
-        return super().result(timeout)
+        if self._state != "FINISHED":
+            self._wait(timeout)
+        if self._exception is not None:
+            raise self._exception
+        return self._result
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state != "FINISHED":
+            self._wait(timeout)
+        return self._exception
+
+    def _wait(self, timeout: float | None) -> None:
+        """Until done or ``timeout``; TimeoutError names the task.
+
+        A lone future whose client is idle is received by this thread on
+        the client's socket (Engine.drive): no hop through the I/O thread."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        engine = self._engine
+        if engine is not None and self._state not in _DONE_STATES:
+            engine.drive(self, deadline)
+            if self._state == "FINISHED":
+                return  # no Condition needed: the common case after drive()
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            super().exception(left)  # waits; raises CancelledError if cancelled
+        except TimeoutError:
+            raise TimeoutError(f"{self._what} did not finish within {timeout}s "
+                               "(the task may still run; the future stays usable)") from None
 
     def done(self) -> bool:
-        return self._state in _DONE_STATES
+        if self._state in _DONE_STATES:
+            return True
+        if self._engine is not None:
+            self._engine.watch()  # polling done() in a loop must see progress
+        return False
+
+    def add_done_callback(self, fn: Any) -> None:
+        if self._engine is not None:
+            self._engine.watch()
+        super().add_done_callback(fn)
 
     def get(self, timeout: float | None = None) -> Any:
         return self.result(timeout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Self
 
@@ -13,6 +14,7 @@ from supervisor import payload
 from supervisor.config import LOCAL_PUBLISHER, local_endpoint
 
 DEFAULT_PUBLISHER = os.environ.get("PHALANX_PUBLISHER", "tcp://127.0.0.1:7456")
+HEARTBEAT = "event.heartbeat"
 
 
 class Message(msgspec.Struct):
@@ -27,7 +29,10 @@ class Subscriber:
             for msg in sub:
                 print(msg.topic, msg.body)
 
-    ``gaps`` counts messages missed per topic (seen as jumps in ``seq``).
+    ``gaps`` counts messages missed per topic: jumps in ``seq``, and the
+    tail of a topic lost with nothing after it, which the daemon's
+    ``event.heartbeat`` (the last ``seq`` of every topic, each second)
+    reveals. Heartbeats are yielded only if ``topics`` asked for them.
     """
 
     def __init__(self, endpoint: str | None = None, topics: Iterable[str] = ("",),
@@ -38,7 +43,9 @@ class Subscriber:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
-        for topic in topics:
+        topics = list(topics)
+        self._want_heartbeats = any(HEARTBEAT.startswith(t) for t in topics)
+        for topic in [*topics, *([] if self._want_heartbeats else [HEARTBEAT])]:
             self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self._sock.connect(endpoint)
         self._timeout_ms = None if timeout is None else int(timeout * 1000)
@@ -58,21 +65,35 @@ class Subscriber:
     def recv(self, timeout: float | None = None) -> Message | None:
         """The next message, or None after ``timeout`` seconds."""
         ms = self._timeout_ms if timeout is None else int(timeout * 1000)
-        if ms is not None and not self._sock.poll(ms):
-            return None
-        topic, body = self._sock.recv_multipart()
-        # Inline arrays decode; a shared-memory reference stays an Ext: the
-        # segment belongs to the submitting client, which unlinks it.
-        data = msgspec.msgpack.decode(body, ext_hook=payload.subscriber_ext_hook)
-        name = topic.decode()
-        key = (data.get("boot", ""), name)
-        seq = data.get("seq")
-        if isinstance(seq, int):
-            last = self._last.get(key)
-            if last is not None and seq > last + 1:
-                self.gaps[name] = self.gaps.get(name, 0) + seq - last - 1
+        deadline = None if ms is None else time.monotonic() + ms / 1000
+        while True:
+            left = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if left is not None and not self._sock.poll(left):
+                return None
+            topic, body = self._sock.recv_multipart()
+            data = msgspec.msgpack.decode(body, ext_hook=payload.subscriber_ext_hook)
+            name = topic.decode()
+            boot = data.get("boot", "")
+            self._seen(boot, name, data.get("seq"))
+            if name == HEARTBEAT:
+                topics = data.get("topics")
+                if isinstance(topics, dict):
+                    for t, seq in topics.items():
+                        if (boot, t) in self._last:  # only topics we follow
+                            self._seen(boot, t, seq, tail=True)
+                if not self._want_heartbeats:
+                    continue
+            return Message(name, data)
+
+    def _seen(self, boot: str, name: str, seq: object, tail: bool = False) -> None:
+        if not isinstance(seq, int):
+            return
+        key = (boot, name)
+        last = self._last.get(key)
+        if last is not None and seq > last + (0 if tail else 1):
+            self.gaps[name] = self.gaps.get(name, 0) + seq - last - (0 if tail else 1)
+        if last is None or seq > last:
             self._last[key] = seq
-        return Message(name, data)
 
     def __iter__(self) -> Iterator[Message]:
         while True:

@@ -31,18 +31,14 @@ NO_OPTS: Opts = (None, None, None, None)
 
 
 class Submit(msgspec.Struct, tag_field="op", tag="submit"):
-    tasks: list[TaskOut]
+    # Each task already encoded (types.encode_task, in the caller's thread):
+    # its size is known before it is batched, and a resubmission re-sends
+    # the same bytes without encoding again.
+    tasks: list[msgspec.Raw]
     ref: int
     # No ack: refusals come back as failed results, one message less per
     # request on the latency path. A refused request still gets its error.
     ack: bool = False
-
-
-class Fetch(msgspec.Struct, tag_field="op", tag="fetch"):
-    """Results by id, from the daemon's journal (docs/PROTOCOL.md)."""
-
-    ids: list[str]
-    ref: int
 
 
 class Err(msgspec.Struct):
@@ -76,11 +72,26 @@ class Results(msgspec.Struct, tag_field="op", tag="results"):
     results: list[Res]
 
 
+class Ping(msgspec.Struct, tag_field="op", tag="ping", omit_defaults=True):
+    ref: int | None = None
+
+
 class Pong(msgspec.Struct, tag_field="op", tag="pong"):
     version: str
     protocol: int
     boot: str
     workers: int
+    ref: int | str | None = None
+    # Replies to this connection the daemon had to drop (its send queue to
+    # us was full) since its last pong to us: a reason to re-attach.
+    dropped: int = 0
+
+
+class Fetch(msgspec.Struct, tag_field="op", tag="fetch"):
+    """Results by id, from the daemon's journal (docs/PROTOCOL.md)."""
+
+    ids: list[str]
+    ref: int
 
 
 class ErrorReply(msgspec.Struct, tag_field="op", tag="error"):
@@ -88,9 +99,8 @@ class ErrorReply(msgspec.Struct, tag_field="op", tag="error"):
     ref: int | str | None = None
 
 
+Reply = Ack | Results | Pong | ErrorReply
 # numpy arrays travel as extension values (supervisor/payload).
 encoder = msgspec.msgpack.Encoder(enc_hook=payload.enc_hook)
-decoder = msgspec.msgpack.Decoder(Ack | Results | Pong | ErrorReply,
-                                  ext_hook=payload.client_ext_hook)
 
 

@@ -57,13 +57,12 @@ from supervisor.daemon.outbox import Outbox
 from supervisor.daemon.output import Outputs
 from supervisor.daemon.pool import Pool
 from supervisor.daemon.pool.spawner import ProcessSpawner
+from supervisor.daemon.publisher import HEARTBEAT_INTERVAL, Publisher
 from supervisor.daemon.publisher import SNDHWM as PUBLISH_SNDHWM
-from supervisor.daemon.publisher import Publisher
 from supervisor.errors import StartupError
 from supervisor.protocol import Result
 
 log = structlog.get_logger("phalanxd")
-INTAKE_SNDHWM = 10_000  # reply messages queued per client, see _bind_sockets()
 # Replies still queued in ZeroMQ at exit get this long to leave (within grace).
 EXIT_LINGER_MS = 1000
 
@@ -123,6 +122,7 @@ class Daemon:
         )
         self.pool.start()
         self.loop.every(1.0, self._every_second)
+        self.loop.every(HEARTBEAT_INTERVAL, self.publisher.heartbeat)  # tail loss is visible
         autoreload.install(self)  # workers.reload_on_change
 
     def _bind_sockets(self) -> None:
@@ -141,7 +141,7 @@ class Daemon:
             # counted (stats: unroutable_replies). Every result is also
             # published and kept in the result cache, so resubmitting the id
             # gets the answer again.
-            self.intake.setsockopt(zmq.SNDHWM, INTAKE_SNDHWM)
+            self.intake.setsockopt(zmq.SNDHWM, self.cfg.tasks.max_queued_replies)
             self.intake.setsockopt(zmq.RCVHWM, 100_000)
             self._bind(self.intake, self.cfg.endpoints.intake, "intake")
             self._bind_local(self.intake, self.cfg.local_intake, "local intake")

@@ -13,9 +13,11 @@ or change another client's work.
 from __future__ import annotations
 
 import time
+from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING
 
 import msgspec
+import structlog
 import zmq
 
 from supervisor import __version__
@@ -60,8 +62,32 @@ from supervisor.protocol import (
 if TYPE_CHECKING:
     from supervisor.daemon.daemon import Daemon
 
+log = structlog.get_logger("phalanxd.intake")
+
 # Requests handled per wake-up before the loop tends to workers again.
 BUDGET = 512
+# Connections whose dropped replies we remember until they ping again; a
+# client that never comes back must not grow this forever.
+DROPPED_ROUTES_KEPT = 10_000
+
+# Intake's own counters (one daemon per process): refusals by wire type,
+# whole requests and single tasks alike (stats: refused), and replies
+# dropped per connection, told to the client in its next pong.
+refused: Counter[str] = Counter()
+_dropped: OrderedDict[bytes, int] = OrderedDict()
+
+
+def note_dropped(route: bytes) -> None:
+    """A reply to ``route`` could not be queued (called by send_reply)."""
+    _dropped[route] = _dropped.pop(route, 0) + 1
+    if len(_dropped) > DROPPED_ROUTES_KEPT:
+        _dropped.popitem(last=False)
+
+
+def _count_refusal(err: RequestError, ref: object) -> None:
+    n = refused[err.type] = refused[err.type] + 1
+    if n & (n - 1) == 0:  # log the 1st, 2nd, 4th, 8th... of each type
+        log.info("request_refused", type=err.type, reason=err.message, ref=ref, total=n)
 
 
 def on_readable(d: Daemon) -> bool:
@@ -90,7 +116,10 @@ def handle(d: Daemon, frames: list[bytes]) -> None:
         return
     limit = d.cfg.tasks.max_message_bytes
     if len(body) > limit:
-        _refuse(d, route, req, TooLarge(f"message is {len(body)} bytes, limit is {limit}"))
+        # The ref is read too (a skip over the rest, bounded by MAXMSGSIZE),
+        # so the client knows which request this refuses.
+        _refuse(d, route, req, TooLarge(f"message is {len(body)} bytes, limit is {limit}"),
+                body)
         return
     try:
         request = intake_decoder.decode(body)
@@ -107,7 +136,10 @@ def handle(d: Daemon, frames: list[bytes]) -> None:
         _refuse(d, route, req, BadRequest(f"a string is not valid UTF-8: {exc.reason}"))
         return
     if isinstance(request, Ping):
-        pong = Pong(__version__, PROTOCOL_VERSION, d.boot, len(d.pool.slots))
+        # How many replies to this client were dropped since it last heard:
+        # it then re-attaches its pending tasks by id (docs/PROTOCOL.md).
+        dropped = _dropped.pop(route, 0)
+        pong = Pong(__version__, PROTOCOL_VERSION, d.boot, len(d.pool.slots), request.ref, dropped)
         d.journal.hold(route, encoder.encode(pong), req)  # replies keep their order
     elif isinstance(request, Submit):
         submit(d, route, req, request)
@@ -124,7 +156,9 @@ def _refuse(d: Daemon, route: bytes, req: bool, err: RequestError, body: bytes =
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError,
                 UnicodeDecodeError):
             pass
-    # journal: held like every reply, so replies leave in the order of requests
+    _count_refusal(err, ref)
+    d.counters.refused(err.type)
+    # held like every reply, so replies leave in the order of requests
     d.journal.hold(route, encoder.encode(ErrorReply(error_raw(err.type, err.message), ref)), req)
 
 
@@ -209,10 +243,10 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
     refusal = request_refusal(d)
     now = time.monotonic()
     for index, spec in enumerate(request.tasks):
-        if spec.id is not None:
-            if spec.id in seen:  # a repeat inside one request collapses to one
-                continue
-            seen.add(spec.id)
+        if len(accepted) > len(seen):  # ids accepted so far in this request
+            seen.update(accepted)
+        if spec.id is not None and spec.id in seen:
+            continue  # a repeat of an accepted id inside one request collapses to one
         err = refusal or check(d, spec)
         if err is None:  # journal: the id is the idempotency key
             found = d.journal.lookup(spec)
@@ -223,6 +257,7 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
             err = found
         if err is not None:
             d.counters.refused(err.type)
+            _count_refusal(err, request.ref)
             error = error_raw(err.type, err.message)
             if group is not None:
                 group.results.append(Result(spec.id, spec.task, False, 0, error=error))

@@ -13,6 +13,7 @@ import structlog
 import zmq
 
 from supervisor.core.tasks import ReplyGroup, Task, result_bytes
+from supervisor.daemon import intake
 from supervisor.daemon.loop import EventLoop
 from supervisor.daemon.publisher import Publisher
 from supervisor.protocol import Result, Results, encoder
@@ -68,6 +69,8 @@ class Outbox:
             # EHOSTUNREACH: the client is gone; EAGAIN: it stopped reading.
             # Either way the result is still published.
             self.unroutable += 1
+            if exc.errno == zmq.EAGAIN:  # the client learns of it in its next pong
+                intake.note_dropped(route)
             if self.unroutable & (self.unroutable - 1) == 0:  # log 1, 2, 4, 8...
                 log.warning("reply_unroutable", error=str(exc), count=self.unroutable)
 

@@ -30,6 +30,10 @@ from supervisor.protocol import PublishedResults, Result, encoder
 # of those: at most ~64 MiB per stalled subscriber (more only if single
 # results are larger), which is still ~300 000 small results of backlog.
 SNDHWM = 1000
+# Every this many seconds, ``event.heartbeat`` carries the last ``seq`` of
+# every topic: without it, losing the *last* messages of a topic (the
+# tail) shows as no gap at all, since no later message reveals the jump.
+HEARTBEAT_INTERVAL = 1.0
 MAX_PUBLISH_BYTES = 64 * 1024
 _RESULT_OVERHEAD = 48  # keys and headers of one encoded result map, roughly
 
@@ -113,6 +117,13 @@ class Publisher:
         """Whether anyone subscribes to ``event.<kind>``. Per-task events
         are built only then, so the hot path pays one cached dict lookup."""
         return self.wanted(b"event." + kind.encode())
+
+    def heartbeat(self) -> None:
+        """``event.heartbeat`` with ``topics``: {topic: last seq published}."""
+        if self.wanted(b"event.heartbeat"):
+            last = {t.decode(errors="replace"): n for t, n in self._seq.items()
+                    if t != b"event.heartbeat"}
+            self.event("heartbeat", topics=last)
 
     def event(self, kind: str, **fields: Any) -> None:
         topic = b"event." + kind.encode()

@@ -74,6 +74,11 @@ class ShmArg:
         weakref.finalize(self, shm.unlink, self.name, True)
 
 
+def refusal(obj: object) -> str:
+    """Why ``obj`` cannot travel, and what to send instead."""
+    return str(_refuse(obj))
+
+
 def _refuse(obj: object) -> TypeError:
     kind = type(obj)
     if kind.__module__.partition(".")[0] == "pandas":
@@ -83,6 +88,13 @@ def _refuse(obj: object) -> TypeError:
             "which carries pickle")
     return TypeError(f"Encoding objects of type {kind.__module__}.{kind.__qualname__} "
                      "is unsupported")
+
+
+def travels(obj: Any) -> bool:
+    """Whether ``enc_hook`` encodes ``obj`` (a numpy array or scalar, or a
+    shared-memory reference ``ClientPayload.prepare`` made)."""
+    cls = obj.__class__
+    return cls is ShmArg or cls is LocalToken or arrays.is_numpy(obj)
 
 
 def enc_hook(obj: Any) -> Any:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from supervisor import __version__
 from supervisor.config import to_dict
+from supervisor.daemon import intake
 
 if TYPE_CHECKING:
     from supervisor.daemon.daemon import Daemon
@@ -31,6 +32,7 @@ def cmd_stats(d: Daemon, args: dict[str, Any]) -> Any:
         "published": d.publisher.sent,
         "publish_dropped": d.publisher.dropped,
         "unroutable_replies": d.outbox.unroutable,
+        "refused": dict(intake.refused),  # refusals by type, requests and tasks
         "uptime": round(time.monotonic() - d.started_mono, 3),
         "paused": d.paused,
         "draining": d.draining,

@@ -1,0 +1,201 @@
+"""The futures the client hands out keep the concurrent.futures contract
+(cancel, callbacks, as_completed), exceptions keep their type, values keep
+theirs, and completion races never kill the client (issue 9, items 4,
+10, 11, 12)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import enum
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import CancelledError, as_completed, wait
+from typing import Any
+
+import pytest
+
+from supervisor.client import Client, ClientClosed, TaskError
+from tests.conftest import Daemon, wait_until
+
+ECHO = "workers.builtin:echo"
+SLEEP = "workers.builtin:sleep"
+
+
+@pytest.fixture
+def client(shared_daemon: Daemon) -> Iterator[Client]:
+    c = Client(shared_daemon.intake)
+    yield c
+    c.terminate()
+
+
+# ------------------------------------------------------------ exceptions
+def test_a_builtin_exception_is_caught_by_its_own_type(client: Client) -> None:
+    """sleep(-1) raises ValueError in the worker: the caller's
+    ``except ValueError`` catches it, and it is a TaskError with details."""
+    with pytest.raises(ValueError) as info:
+        client.apply(SLEEP, (-1,), timeout=10)
+    err = info.value
+    assert isinstance(err, TaskError)
+    assert err.type == "ValueError" and "non-negative" in err.message
+    assert err.traceback is not None and "Traceback" in err.traceback
+    with pytest.raises(TypeError):  # time.sleep("x")
+        client.submit(SLEEP, "x").result(10)
+
+
+def test_a_non_builtin_exception_stays_a_plain_task_error(client: Client) -> None:
+    with pytest.raises(TaskError) as info:
+        client.call("workers.builtin:fail", "boom")
+    assert type(info.value) is TaskError and info.value.type == "TaskFailure"
+
+
+def test_map_failures_keep_their_type_too(client: Client) -> None:
+    with pytest.raises(ValueError):
+        client.map(SLEEP, [0, -1, 0], timeout=10)
+    with pytest.raises(ValueError):
+        client.map(SLEEP, [0] * 10 + [-1], chunksize=4, timeout=10)
+
+
+# ------------------------------------------------------------------ types
+class Color(enum.Enum):
+    RED = 1
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+
+
+UTC_PLUS_2 = datetime.timezone(datetime.timedelta(hours=2))
+SUPPORTED: list[Any] = [
+    None, True, 3, -2**63, 2**64 - 1, 1.5, "é", b"\x00\xff", [1, [2, {"a": b"b"}]],
+    {"k": [1.0, None]}, {1: "int key", b"b": "bytes key"},
+    datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.UTC),
+]
+REFUSED: list[Any] = [
+    (1, 2), {1, 2}, frozenset({1}), datetime.datetime(2024, 5, 1), datetime.date(2024, 5, 1),
+    datetime.time(1, 2), datetime.timedelta(seconds=1), decimal.Decimal("1.5"), uuid.uuid4(),
+    Color.RED, Point(1), bytearray(b"x"), [1, (2, 3)], {"a": {1, 2}}, {(1, 2): "tuple key"},
+    object(),
+]
+
+
+def test_supported_values_round_trip_exactly(client: Client) -> None:
+    """Each supported value comes back equal and of the same type."""
+    got = client.map(ECHO, SUPPORTED, timeout=10)
+    for sent, back in zip(SUPPORTED, got, strict=True):
+        assert back == sent and type(back) is type(sent), (sent, back)
+    aware = datetime.datetime(2024, 5, 1, 14, 30, tzinfo=UTC_PLUS_2)
+    back = client.call(ECHO, aware)
+    assert back == aware and back.tzinfo == datetime.UTC  # the same instant, in UTC
+
+
+@pytest.mark.parametrize("value", REFUSED, ids=lambda v: type(v).__name__)
+def test_values_that_would_change_type_are_refused_by_name(client: Client, value: Any
+                                                          ) -> None:
+    with pytest.raises(TypeError, match=r"cannot be sent to a worker .*Supported: None, bool"):
+        client.submit(ECHO, value)
+    with pytest.raises(TypeError, match="Supported"):
+        client.map(ECHO, [1, value])
+    assert client.pending == 0 or client.map(ECHO, [1], timeout=10) == [1]
+
+
+# ------------------------------------------------------------------ cancel
+def test_cancel_only_succeeds_for_work_that_has_not_left_the_client(
+        shared_daemon: Daemon) -> None:
+    """With a window of one task, the second future is still held by the
+    client: cancel() is True and it never runs. The first has been sent:
+    it is RUNNING for cancel(), which returns False, and it completes."""
+    with Client(shared_daemon.intake, max_in_flight=1) as c:
+        accepted = shared_daemon.stats()["accepted"]
+        first = c.submit(SLEEP, 0.3)
+        second = c.submit(ECHO, "never")
+        wait_until(first.running, 5, message="the first task never left the client")
+        assert not first.cancel()
+        assert second.cancel() and second.cancelled()
+        with pytest.raises(CancelledError):
+            second.result(1)
+        assert first.result(10) == 0.3
+        assert c.submit(ECHO, "after").result(10) == "after"
+    assert shared_daemon.stats()["accepted"] == accepted + 2  # 'never' never arrived
+
+
+def test_cancelling_while_results_arrive_never_breaks_the_client(client: Client) -> None:
+    """Cancel a thousand futures from another thread while their results
+    pour in: no error escapes, later submissions still work."""
+    futs = [client.submit(ECHO, i) for i in range(1000)]
+    canceller = threading.Thread(target=lambda: [f.cancel() for f in futs])
+    canceller.start()
+    canceller.join(10)
+    _done, not_done = wait(futs, timeout=20)
+    assert not not_done
+    assert all(f.cancelled() or f.result() == i for i, f in enumerate(futs))
+    assert client.submit(ECHO, "alive").result(10) == "alive"
+    assert client.pending == 0
+
+
+# --------------------------------------------------- futures, iterators
+def test_as_completed_and_callbacks_see_every_result(client: Client) -> None:
+    seen: list[Any] = []
+    lock = threading.Lock()
+
+    def note(f: Any) -> None:
+        with lock:
+            seen.append(f.result())
+
+    futs = [client.submit(SLEEP, s) for s in (0.3, 0.0, 0.15)]
+    for f in futs:
+        f.add_done_callback(note)
+    order = [f.result() for f in as_completed(futs, timeout=10)]
+    assert sorted(order) == [0.0, 0.15, 0.3]
+    wait_until(lambda: len(seen) == 3, 5, message=f"callbacks ran for {seen}")
+    late: list[Any] = []
+    futs[0].add_done_callback(lambda f: late.append(f.result()))  # already done: runs now
+    assert late == [0.3]
+
+
+def test_apply_async_callbacks(client: Client) -> None:
+    got: list[Any] = []
+    errs: list[BaseException] = []
+    client.apply_async(ECHO, (7,), callback=got.append).wait(10)
+    client.apply_async(SLEEP, (-1,), error_callback=errs.append).wait(10)
+    wait_until(lambda: got == [7] and len(errs) == 1, 5, message="callbacks not called")
+    assert isinstance(errs[0], ValueError)
+
+
+def test_imap_keeps_order_and_imap_unordered_yields_as_finished(client: Client) -> None:
+    assert list(client.imap(SLEEP, [0.2, 0.0, 0.1], timeout=10)) == [0.2, 0.0, 0.1]
+    assert next(iter(client.imap_unordered(SLEEP, [0.3, 0.0], timeout=10))) == 0.0
+    assert list(client.imap(ECHO, range(200), chunksize=16)) == list(range(200))
+    with pytest.raises(ValueError):
+        list(client.imap(SLEEP, [0, -1]))
+
+
+def test_terminate_fails_pending_futures_with_client_closed(shared_daemon: Daemon) -> None:
+    c = Client(shared_daemon.intake)
+    fut = c.submit(SLEEP, 5)
+    wait_until(fut.running, 5, message="the task never left the client")
+    c.terminate()
+    with pytest.raises(ClientClosed):
+        fut.result(5)
+    with pytest.raises(RuntimeError, match="closed"):
+        c.submit(ECHO, 1)
+
+
+def test_a_lone_future_waited_on_from_many_threads(client: Client) -> None:
+    """Several threads each wait on their own future at once (some drive
+    the socket, others wait on the I/O thread): all get their result."""
+    out: dict[int, Any] = {}
+
+    def one(i: int) -> None:
+        for j in range(50):
+            out[i * 100 + j] = client.submit(ECHO, i * 100 + j).result(10)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert out == {k: k for k in out} and len(out) == 200
