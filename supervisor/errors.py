@@ -7,6 +7,7 @@ switch on it. The Python-side classes mirror the names one to one::
     PhalanxError
     ├── ConfigError            config file missing, unreadable or invalid
     ├── StartupError           cannot bind an endpoint, runtime dir unusable
+    ├── CurveKeyError          a CURVE key file missing, malformed or too open
     └── RequestError           a client's request was refused (wire: type)
         ├── BadRequest         garbage frames, wrong types, missing fields
         ├── TooLarge           message over tasks.max_message_bytes
@@ -46,6 +47,10 @@ class ConfigError(PhalanxError):
 
 class StartupError(PhalanxError):
     """The daemon cannot start (endpoint in use, runtime dir unusable)."""
+
+
+class CurveKeyError(PhalanxError):
+    """A CURVE key file is missing, unreadable, malformed or too open."""
 
 
 class RequestError(PhalanxError):

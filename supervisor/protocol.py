@@ -94,6 +94,11 @@ class Pong(msgspec.Struct, tag_field="op", tag="pong"):
     protocol: int
     boot: str
     workers: int
+    # Load-aware routing (docs/PROTOCOL.md, "credit"): tasks this daemon
+    # would take now, its capacity, and the unfinished tasks it holds.
+    credit: int = 0
+    capacity: int = 0
+    held: int = 0
 
 
 class ErrorReply(msgspec.Struct, tag_field="op", tag="error", omit_defaults=True):

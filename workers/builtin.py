@@ -71,6 +71,19 @@ def crash(mode: str = "exit") -> None:
     raise ValueError(f"unknown crash mode {mode!r} (exit, kill, segv, abort)")
 
 
+def crash_once(marker: str, mode: str = "segv", value: Any = None) -> Any:
+    """Crash (as ``crash``) the first time, when ``marker`` does not exist
+    yet; return ``value`` on any later run. The marker is created first,
+    so the retry after the crash succeeds."""
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return value
+    os.close(fd)
+    crash(mode)
+    return value  # not reached
+
+
 def alloc(mb: int, hold: float = 0.0) -> int:
     """Allocate and touch ``mb`` MiB, hold it ``hold`` seconds; return bytes."""
     block = bytearray(mb * 1024 * 1024)

@@ -72,6 +72,9 @@ class Pong(msgspec.Struct, tag_field="op", tag="pong"):
     protocol: int
     boot: str
     workers: int
+    credit: int = 0
+    capacity: int = 0
+    held: int = 0
 
 
 class ErrorReply(msgspec.Struct, tag_field="op", tag="error"):

@@ -47,7 +47,7 @@ from supervisor.config import Config
 from supervisor.core.slots import Slot, SlotState
 from supervisor.core.stats import LatencyHistogram, RateMeter
 from supervisor.core.tasks import TaskTable
-from supervisor.daemon import intake, reaper, runtime_dir
+from supervisor.daemon import intake, reaper, runtime_dir, zap
 from supervisor.daemon.control import dispatch as control
 from supervisor.daemon.lifecycle import Lifecycle
 from supervisor.daemon.notify import Notifier
@@ -129,6 +129,7 @@ class Daemon(SlotIO, Recovery, Lifecycle):
         self.poller = zmq.Poller()
         max_bytes = self.cfg.tasks.max_message_bytes
         try:
+            self.curve_guard = zap.guard(self.ctx, self.cfg.curve)  # issue 12: CURVE
             self.intake = self.ctx.socket(zmq.ROUTER)
             self.intake.setsockopt(zmq.LINGER, 0)
             self.intake.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -143,11 +144,13 @@ class Daemon(SlotIO, Recovery, Lifecycle):
             # so resubmitting the id gets the answer again.
             self.intake.setsockopt(zmq.SNDHWM, INTAKE_SNDHWM)
             self.intake.setsockopt(zmq.RCVHWM, 100_000)
+            zap.protect(self.curve_guard, self.intake)  # issue 12: CURVE
             self._bind(self.intake, self.cfg.endpoints.intake, "intake")
             self.pub_sock = self.ctx.socket(zmq.XPUB)
             self.pub_sock.setsockopt(zmq.LINGER, 0)
             self.pub_sock.setsockopt(zmq.SNDHWM, PUBLISH_SNDHWM)  # see publisher.py
             self.pub_sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)  # subscriptions are short
+            zap.protect(self.curve_guard, self.pub_sock)  # issue 12: CURVE
             self._bind(self.pub_sock, self.cfg.endpoints.publisher, "publisher")
             self.control = self.ctx.socket(zmq.ROUTER)
             self.control.setsockopt(zmq.LINGER, 0)
@@ -164,6 +167,8 @@ class Daemon(SlotIO, Recovery, Lifecycle):
         self._watch_zmq(self.intake, lambda: intake.on_readable(self))
         self._watch_zmq(self.control, lambda: control.on_readable(self))
         self._watch_zmq(self.pub_sock, self.publisher.on_readable)
+        if self.curve_guard is not None:  # issue 12: ZAP answered in this loop
+            self._watch_zmq(self.curve_guard.sock, self.curve_guard.on_readable)
         self._install_signals()
         self.subreaper = reaper.become_subreaper()
         if self.cfg.workers.start_method == "forkserver":
@@ -397,6 +402,9 @@ class Daemon(SlotIO, Recovery, Lifecycle):
         os.close(self._lock_fd)
 
     def close_sockets(self) -> None:
+        guard = getattr(self, "curve_guard", None)  # issue 12: CURVE's ZAP socket
+        if guard is not None:
+            guard.close()
         for name in ("intake", "pub_sock", "control"):
             sock = getattr(self, name, None)
             if sock is not None:

@@ -20,6 +20,7 @@ import zmq
 
 from supervisor import __version__
 from supervisor.core.tasks import ReplyGroup, Task
+from supervisor.daemon import credit
 from supervisor.daemon.zmqio import has_input
 from supervisor.errors import (
     BadRequest,
@@ -102,7 +103,7 @@ def handle(d: Daemon, frames: list[bytes]) -> None:
         _refuse(d, route, req, BadRequest(f"a string is not valid UTF-8: {exc.reason}"))
         return
     if isinstance(request, Ping):
-        pong = Pong(__version__, PROTOCOL_VERSION, d.boot, len(d.slots))
+        pong = Pong(__version__, PROTOCOL_VERSION, d.boot, len(d.slots), *credit.advertised(d))
         d.send_reply(route, encoder.encode(pong), req)
     elif isinstance(request, Submit):
         submit(d, route, req, request)
