@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from supervisor import curve
 from supervisor.client import Client, Subscriber
 from supervisor.client.fleet import FleetClient
-from supervisor import curve
 from supervisor.curve import ClientKeys
 from tests.conftest import (
     RawPeer,
