@@ -105,7 +105,8 @@ class Subscriber:
                 topic, body = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 continue
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            flags = sock.getsockopt(zmq.EVENTS)
+            if isinstance(flags, int) and flags & zmq.POLLIN:
                 self._ready.append(sock)  # more waiting: its turn comes again
             return self._track(self._by_sock[sock], topic.decode(), msgspec.msgpack.decode(body))
 
