@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,20 @@ class ClientKeys:
         sock.curve_serverkey = self.server_public
         sock.curve_publickey = self.public
         sock.curve_secretkey = self.secret
+
+
+def keys_by_endpoint(curve: ClientKeys | Mapping[str, ClientKeys] | None,
+                     endpoints: Iterable[str]) -> dict[str, ClientKeys]:
+    """One ClientKeys for every endpoint, or a map that must name each one."""
+    eps = list(endpoints)
+    if curve is None:
+        return {}
+    if isinstance(curve, ClientKeys):
+        return dict.fromkeys(eps, curve)
+    missing = [ep for ep in eps if ep not in curve]
+    if missing:
+        raise CurveKeyError(f"no CURVE keys given for {', '.join(missing)}")
+    return {ep: curve[ep] for ep in eps}
 
 
 def apply_server(sock: zmq.Socket[bytes], public: bytes, secret: bytes) -> None:

@@ -73,7 +73,7 @@ def test_only_an_authorised_key_gets_work_done_and_results_published(
     )
     alice = ClientKeys.load(keys["server.key"], keys["alice.secret"])
     mallory = ClientKeys.load(keys["server.key"], keys["mallory.secret"])
-    sub = Subscriber(publisher, topics=["result."], curve=alice)
+    sub = Subscriber(publisher, topics=["result."], curve={publisher: alice})
     intruder = Client(intake, curve=mallory, heartbeat=0.1, dead_after=0.5)
     plain = RawPeer(intake)
     try:

@@ -260,6 +260,8 @@ def test_ping_gets_a_pong_with_version_protocol_boot_and_workers(daemon: Phalanx
     assert isinstance(pong["version"], str) and pong["version"]
     assert pong["boot"] == daemon.boot
     assert pong["workers"] == 2
+    # credit: 2 running workers x (1 + credit_prefetch 2), nothing held
+    assert (pong["credit"], pong["capacity"], pong["held"]) == (6, 6, 0)
 
 
 def test_dealer_submit_batch_gets_ack_then_one_result_per_accepted_task(daemon: Phalanxd) -> None:

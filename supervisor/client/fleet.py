@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -45,7 +45,7 @@ from supervisor.client.router import DEAD_AFTER, HEARTBEAT, Router
 from supervisor.client.wire import Ack, ErrorReply, Pong, Res, Results, Submit, TaskOut
 from supervisor.client.wire import decoder as _decoder
 from supervisor.client.wire import encoder as _encoder
-from supervisor.curve import ClientKeys
+from supervisor.curve import ClientKeys, keys_by_endpoint
 from supervisor.errors import PhalanxError
 
 # Refusals that say "not here, not now" rather than "never": the task
@@ -58,14 +58,15 @@ class FleetClient(Client):
     """A client of several phalanxd daemons, routing by advertised credit."""
 
     def __init__(self, endpoint: str | list[str], *, heartbeat: float = HEARTBEAT,
-                 dead_after: float = DEAD_AFTER, curve: ClientKeys | None = None,
+                 dead_after: float = DEAD_AFTER,
+                 curve: ClientKeys | Mapping[str, ClientKeys] | None = None,
                  connect_timeout: float | None = None) -> None:
         endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         if len(set(endpoints)) != len(endpoints):
             raise ValueError("an endpoint is listed twice")
         # Set before Client.__init__ starts the I/O thread, which reads them.
         self._router = Router(endpoints, heartbeat=heartbeat, dead_after=dead_after)
-        self._curve = curve
+        self._curve = keys_by_endpoint(curve, endpoints)
         self._waiting: deque[str] = deque()  # ids waiting for credit (I/O thread)
         self._socks: dict[str, zmq.Socket[bytes]] = {}
         super().__init__(endpoints, connect_timeout=connect_timeout)
@@ -103,8 +104,9 @@ class FleetClient(Client):
         # Queue nothing for a daemon we are not connected to: a send then
         # fails at once (zmq.Again) and the tasks stay with us.
         sock.setsockopt(zmq.IMMEDIATE, 1)
-        if self._curve is not None:
-            self._curve.apply(sock)
+        keys = self._curve.get(ep)
+        if keys is not None:
+            keys.apply(sock)
         sock.connect(ep)
         self._socks[ep] = sock
         self._poller.register(sock, zmq.POLLIN)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Self
 
 import msgspec
 import zmq
 
-from supervisor.curve import ClientKeys
+from supervisor.curve import ClientKeys, keys_by_endpoint
 
 DEFAULT_PUBLISHER = os.environ.get("PHALANX_PUBLISHER", "tcp://127.0.0.1:7456")
 
@@ -43,24 +43,26 @@ class Subscriber:
     ``gaps`` counts messages missed per topic (all daemons together),
     ``daemon_gaps`` per publisher endpoint; both seen as jumps in ``seq``.
     ``restarts`` counts, per endpoint, the times its daemon's ``boot``
-    changed. With ``curve`` the sockets speak CURVE (docs/PROTOCOL.md).
+    changed. With ``curve`` (one ClientKeys for all, or one per endpoint)
+    the sockets speak CURVE (docs/PROTOCOL.md).
     """
 
     def __init__(self, endpoint: str | Iterable[str] = DEFAULT_PUBLISHER,
                  topics: Iterable[str] = ("",), timeout: float | None = None,
-                 curve: ClientKeys | None = None) -> None:
+                 curve: ClientKeys | Mapping[str, ClientKeys] | None = None) -> None:
         endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         if not endpoints:
             raise ValueError("no publisher endpoint")
         topic_list = list(topics)
+        keys = keys_by_endpoint(curve, endpoints)
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._poller = zmq.Poller()
         self._by_sock: dict[zmq.Socket[bytes], str] = {}
         for ep in endpoints:
             sock = self._ctx.socket(zmq.SUB)
             sock.setsockopt(zmq.LINGER, 0)
-            if curve is not None:
-                curve.apply(sock)
+            if ep in keys:
+                keys[ep].apply(sock)
             for topic in topic_list:
                 sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
             sock.connect(ep)
