@@ -76,6 +76,19 @@ def targets(r: dict[str, Any]) -> list[Target]:
     absolute("Kill -> task.retried, p50", ("crash_recovery", "task_in_flight", "retried", "published", "p50"), 10.0)
     absolute("Poison task: submit -> WorkerCrashed, p50", ("poison", "submit_to_error", "p50"), 100.0)
 
+    # Many hosts (bench/fleet.py): 3 daemons x 1 worker vs 1 daemon x 3 workers.
+    for kind, label in (("sleep5ms", "sleep(5 ms)"), ("noop", "no-op")):
+        ours = _get(r, "fleet", "throughput", kind, "best", "three_by_one.fleet")
+        other = _get(r, "fleet", "throughput", kind, "best", "one_by_three.client")
+        ratio = _ratio(ours, other)
+        out.append(Target(f"3 daemons x 1 worker (fleet client) vs 1 daemon x 3, {label}", ours,
+                          other, "one daemon, plain Client", ratio, "ratio >= 0.9",
+                          None if ratio is None else ratio >= 0.9, "tasks/s"))
+    dead_after = _get(r, "fleet", "failover", "dead_after_s")
+    absolute("Daemon SIGKILL -> its tasks sent elsewhere, p50",
+             ("fleet", "failover", "kill_to_moved_ms", "p50"),
+             2000.0 * (dead_after or 0.5))
+
     alt = _get(r, "memory", "supervisord", "process", "rss")
     source = _get(r, "memory", "supervisord", "source") or "?"
     for key, when in (("phalanx_after_throughput", "after throughput"), ("phalanx_at_ready", "idle at ready")):

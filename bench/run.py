@@ -6,6 +6,8 @@
                                         +-- crash recovery: SIGKILL idle / busy workers
                                         +-- poison task: crash('kill') until WorkerCrashed
     then, without phalanxd: Pool/PPE under the same kills, supervisord's RSS
+    then many hosts on one machine (bench/fleet.py): 3 daemons x 1 worker vs
+    1 x 3, and daemon SIGKILL -> its tasks moved to the others
 
 Progress goes to stderr as it happens; the report (or, with ``--json``, the
 JSON) goes to stdout; the JSON is always written to ``--out``. A section
@@ -30,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import alt_crash, latency, memory, recovery, report, throughput
+from bench import alt_crash, fleet, latency, memory, recovery, report, throughput
 from bench.harness import CONFIG_CHANGES, REPO, WORKERS, PhalanxUnderTest, say
 
 
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             _section(results, "poison", lambda: recovery.poison(d, poison_reps), d)
             say("stopping phalanxd")
         _section(results, "crash_alternatives", lambda: alt_crash.run(min(crash_reps, 10)))
+        _section(results, "fleet", lambda: fleet.run(args.quick))
         if args.no_supervisord:
             memory_results["supervisord"] = memory.reference("measurement skipped: --no-supervisord")
         else:

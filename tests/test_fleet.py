@@ -62,17 +62,19 @@ def test_an_idle_daemon_gets_the_work_a_busy_one_cannot_start(start_daemon: Star
         hog.terminate()
 
 
-def test_work_spreads_by_capacity(start_daemon: StartDaemon) -> None:
+def test_work_spreads_by_capacity_over_three_hosts(start_daemon: StartDaemon) -> None:
+    """1, 3 and 2 workers: each daemon gets work in proportion (ideal 1:3:2)."""
     small = on_host(start_daemon, "127.0.0.2", 1)
     big = on_host(start_daemon, "127.0.0.3", 3)
-    with fleet(small, big) as c:
+    mid = on_host(start_daemon, "127.0.0.4", 2)
+    with fleet(small, big, mid) as c:
         wait_until(lambda: all(p["alive"] for p in c.daemons()), 10)
-        futs = [c.submit(SLEEP, 0.05) for _ in range(80)]
+        futs = [c.submit(SLEEP, 0.04) for _ in range(150)]
         for f in futs:
             f.result(30)
         sent = {p["endpoint"]: p["sent"] for p in c.daemons()}
-    share = sent[small.intake] / (sent[small.intake] + sent[big.intake])
-    assert 0.12 <= share <= 0.40, sent  # about a quarter: 1 worker of 4
+    assert 0.18 <= sent[small.intake] / sent[big.intake] <= 0.5, sent  # ideal 1/3
+    assert 0.45 <= sent[mid.intake] / sent[big.intake] <= 0.9, sent  # ideal 2/3
 
 
 def test_sigkilled_daemon_loses_nothing_and_gets_work_again_after_restart(

@@ -117,3 +117,12 @@ def test_bad_timing_is_refused() -> None:
         Router([A], heartbeat=1.0, dead_after=1.0)
     with pytest.raises(ValueError):
         Router([], heartbeat=1.0, dead_after=2.0)
+
+
+def test_a_stalled_daemon_has_no_credit_until_it_answers_again() -> None:
+    r = router(A)
+    r.on_pong(A, 0.0, "a", capacity=2, held=0)
+    r.stall(A)
+    assert r.assign(["t1"]) == {}
+    r.on_pong(A, 0.1, "a", capacity=2, held=0)
+    assert r.assign(["t1"]) == {A: ["t1"]}

@@ -208,9 +208,12 @@ class FleetClient(Client):
             body = _encoder.encode(Submit(items, ref))
         self._unacked[ref] = ids
         if not self._send(ep, body):
+            # Not connected right now (its pong came, the link then broke):
+            # no credit there until it answers again, or we would spin.
             self._unacked.pop(ref, None)
             for task_id in ids:
                 self._router.forget(task_id)
+            self._router.stall(ep)
             self._requeue(ids)
 
     def _send(self, ep: str, body: bytes) -> bool:
@@ -267,9 +270,10 @@ class FleetClient(Client):
             if res.id is None:
                 continue
             router.on_result(res.id)
-            if not res.ok and res.attempts == 0 and res.error is not None \
-                    and res.error.type in ELSEWHERE:
-                self._requeue([res.id])  # refused here; another daemon will do
+            if not res.ok and res.error is not None and (
+                    res.error.type == "ShuttingDown"  # refused, or cut off by a drain
+                    or (res.attempts == 0 and res.error.type in ELSEWHERE)):
+                self._requeue([res.id])  # not here; another daemon will do
                 continue
             final.append(res)
         if final:

@@ -103,6 +103,10 @@ class Router:
         if peer is not None:
             peer.mine.pop(task_id, None)
 
+    def stall(self, endpoint: str) -> None:
+        """A send there failed: no credit until its next pong."""
+        self.peers[endpoint].capacity = 0
+
     def forget(self, task_id: str) -> None:
         """The task is settled without a result (refused, cancelled)."""
         self.on_result(task_id)
