@@ -69,6 +69,11 @@ class FleetClient(Client):
         self._curve = keys_by_endpoint(curve, endpoints)
         self._waiting: deque[str] = deque()  # ids waiting for credit (I/O thread)
         self._socks: dict[str, zmq.Socket[bytes]] = {}
+        # A TCP connect to a host that is down waits on SYN retransmits
+        # (1, 3, 7, 15 s...): a host back after a partition would stay
+        # unreachable for that long. Give up each attempt after this (by
+        # default dead_after) and let libzmq retry every RECONNECT_IVL.
+        self._connect_ms = int(1000 * (connect_timeout or dead_after))
         super().__init__(endpoints, connect_timeout=connect_timeout)
 
     # ------------------------------------------------------------ public
@@ -104,6 +109,11 @@ class FleetClient(Client):
         # Queue nothing for a daemon we are not connected to: a send then
         # fails at once (zmq.Again) and the tasks stay with us.
         sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, self._connect_ms)
+        # Likewise a peer that accepts TCP but never completes the ZMTP
+        # handshake (a wrong host, a middlebox) would hold the socket for
+        # libzmq's default 30 s before it tries again.
+        sock.setsockopt(zmq.HANDSHAKE_IVL, self._connect_ms)
         keys = self._curve.get(ep)
         if keys is not None:
             keys.apply(sock)
