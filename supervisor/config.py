@@ -200,6 +200,11 @@ def _check_exposure(cfg: Config, where: str) -> None:
             f"{where}: endpoints.control: {cfg.endpoints.control!r} is reachable from other "
             "hosts; the control socket must be ipc:// or loopback (use ssh to reach it)"
         )
+    if PICKLE_LANE in cfg.tasks.allow and not cfg.endpoints.intake.startswith("ipc://"):
+        raise ConfigError(
+            f"{where}: tasks.allow: {PICKLE_LANE} runs pickled calls, so the intake must be "
+            f"private (ipc:// in a 0700 directory), not {cfg.endpoints.intake!r}"
+        )
     if curve.enabled:
         return
     for key in ("intake", "publisher"):
@@ -210,6 +215,11 @@ def _check_exposure(cfg: Config, where: str) -> None:
                 "configure [curve] secret_key_file and authorized_keys_dir (see "
                 "'phalanxctl keygen') or bind a loopback address"
             )
+
+
+# A module whose task unpickles its argument (workers/pickled.py): only for
+# a daemon whose intake no other user can reach.
+PICKLE_LANE = "workers.pickled"
 
 
 def is_local_endpoint(endpoint: str) -> bool:

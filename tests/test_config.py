@@ -212,6 +212,16 @@ def test_the_control_endpoint_never_leaves_the_host_even_with_curve() -> None:
     assert message.startswith("endpoints.control: ")
 
 
+def test_the_pickle_lane_is_only_allowed_on_a_private_ipc_intake() -> None:
+    """workers.pickled unpickles what it is sent: never on a TCP intake,
+    not even loopback (any local user could reach it)."""
+    allow = {"allow": ["workers.builtin", "workers.pickled"]}
+    message = parse_error({"tasks": allow})  # default intake: tcp://127.0.0.1
+    assert message.startswith("tasks.allow: workers.pickled runs pickled calls")
+    cfg = config.parse({"tasks": allow, "endpoints": {"intake": "ipc:///run/px/in"}})
+    assert "workers.pickled" in cfg.tasks.allow
+
+
 def test_curve_needs_both_keys() -> None:
     message = parse_error({"curve": {"secret_key_file": "/x.key_secret"}})
     assert message.startswith("curve: set both")
