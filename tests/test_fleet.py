@@ -10,8 +10,11 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
+from pathlib import Path
 
-from supervisor.client import Client
+import pytest
+
+from supervisor.client import Client, TaskError
 from supervisor.client.fleet import FleetClient
 from tests.conftest import Daemon, StartDaemon, free_tcp_port, wait_until
 
@@ -104,3 +107,15 @@ def test_a_fleet_client_with_one_endpoint_works_like_client(daemon: Daemon) -> N
         assert c.map("workers.builtin:echo", range(100)) == list(range(100))
         assert c.apply("workers.builtin:echo", (5,)) == 5
         assert c.ping()["workers"] == 2
+
+
+def test_with_no_daemon_reachable_pending_tasks_fail_with_unreachable(tmp_path: Path) -> None:
+    """A bounded wait: no daemon alive for unreachable_after fails what is
+    pending with a named error instead of leaving futures hanging."""
+    nobody = [f"ipc://{tmp_path}/a", f"ipc://{tmp_path}/b"]
+    with FleetClient(nobody, heartbeat=0.05, dead_after=0.2, unreachable_after=0.3) as c:
+        fut = c.submit(PID)
+        with pytest.raises(TaskError) as info:
+            fut.result(10)
+    assert info.value.type == "Unreachable"
+    assert "no daemon answered" in info.value.message

@@ -48,6 +48,8 @@ from supervisor.client.wire import encoder as _encoder
 from supervisor.curve import ClientKeys, keys_by_endpoint
 from supervisor.errors import PhalanxError
 
+# Seconds with no daemon alive before pending tasks fail with Unreachable.
+UNREACHABLE_AFTER = 60.0
 # Refusals that say "not here, not now" rather than "never": the task
 # waits for credit elsewhere instead of failing.
 ELSEWHERE = frozenset({"ShuttingDown", "Paused", "Overloaded"})
@@ -60,7 +62,8 @@ class FleetClient(Client):
     def __init__(self, endpoint: str | list[str], *, heartbeat: float = HEARTBEAT,
                  dead_after: float = DEAD_AFTER,
                  curve: ClientKeys | Mapping[str, ClientKeys] | None = None,
-                 connect_timeout: float | None = None) -> None:
+                 connect_timeout: float | None = None,
+                 unreachable_after: float = UNREACHABLE_AFTER) -> None:
         endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         if len(set(endpoints)) != len(endpoints):
             raise ValueError("an endpoint is listed twice")
@@ -68,6 +71,8 @@ class FleetClient(Client):
         self._router = Router(endpoints, heartbeat=heartbeat, dead_after=dead_after)
         self._curve = keys_by_endpoint(curve, endpoints)
         self._waiting: deque[str] = deque()  # ids waiting for credit (I/O thread)
+        self._unreachable_after = unreachable_after
+        self._none_alive_since: float | None = None
         self._socks: dict[str, zmq.Socket[bytes]] = {}
         # A TCP connect to a host that is down waits on SYN retransmits
         # (1, 3, 7, 15 s...): a host back after a partition would stay
@@ -161,6 +166,7 @@ class FleetClient(Client):
             for ep in dead:
                 self._reopen(ep)
             self._requeue(back)
+            self._check_reachable(now)
             for ep in router.pings_due(now):
                 self._send(ep, _PING)
             if self._closing and not self._pending and not self._outq:
@@ -179,6 +185,21 @@ class FleetClient(Client):
                     except (BlockingIOError, OSError):
                         pass
             self._idle = False
+
+    def _check_reachable(self, now: float) -> None:
+        """With no daemon alive for unreachable_after, fail what is pending
+        (named: Unreachable) rather than let callers wait forever."""
+        if any(p.alive for p in self._router.peers.values()):
+            self._none_alive_since = None
+            return
+        if self._none_alive_since is None:
+            self._none_alive_since = now
+        elif self._pending and now - self._none_alive_since > self._unreachable_after:
+            self._none_alive_since = now
+            self._waiting.clear()
+            self._fail_all("Unreachable", (
+                f"no daemon answered for {self._unreachable_after:g}s: "
+                + ", ".join(self._endpoints)))
 
     def _take_queued(self) -> None:
         outq = self._outq
