@@ -166,7 +166,9 @@ def test_a_cut_off_host_loses_nothing_and_gets_work_again_when_it_returns(
         assert c.moved > 0
         assert not next(p for p in c.daemons() if p["endpoint"] == a.intake)["alive"]
         a.host.link(True)
-        wait_until(lambda: next(p for p in c.daemons() if p["endpoint"] == a.intake)["alive"],
+        # Back: it answers again, and once what it still ran for us during
+        # the cut is done (a pong shows it), it has credit and gets work.
+        wait_until(lambda: next(p for p in c.daemons() if p["endpoint"] == a.intake)["credit"],
                    15, message=lambda: f"host never came back: {c.daemons()}")
         pids = [f.result(10) for f in [c.submit(PID) for _ in range(30)]]
     owners = {pid: d.intake for d in (a, b) for pid in d.slot_pids().values()}
