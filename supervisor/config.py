@@ -12,6 +12,7 @@ must not silently fall back to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -59,6 +60,11 @@ class WorkersSection(_Section, frozen=True):
     # workers (as `phalanxctl reload` does) when one changed. Off in
     # production: a half-saved file would be loaded as it is.
     reload_on_change: bool = False
+    # Credit advertised to clients (pong): each running worker counts for
+    # itself plus this many queued tasks, so a client routing over several
+    # daemons keeps every worker fed and holds back the rest for daemons
+    # with room (docs/PROTOCOL.md, "credit").
+    credit_prefetch: NonNegInt = 2
 
 
 class EndpointsSection(_Section, frozen=True):
@@ -69,6 +75,19 @@ class EndpointsSection(_Section, frozen=True):
     # a client on this host (same user) uses by default: loopback TCP costs
     # every message two trips through the kernel's network stack.
     local: bool = True
+
+
+class CurveSection(_Section, frozen=True):
+    # CURVE encryption and client authentication for intake and publisher,
+    # required for any endpoint beyond loopback. Both files come from
+    # `phalanxctl keygen`: the server's secret key file (mode 0600), and a
+    # directory whose *.key files are the public keys of allowed clients.
+    secret_key_file: str = ""
+    authorized_keys_dir: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret_key_file)
 
 
 class TasksSection(_Section, frozen=True):
@@ -195,6 +214,7 @@ class Config(_Section, frozen=True):
     output: OutputSection = OutputSection()
     observe: ObserveSection = ObserveSection()
     journal: JournalSection = JournalSection()
+    curve: CurveSection = CurveSection()
     source: str = ""  # file it came from; not a TOML key users set
 
     @property
@@ -286,6 +306,60 @@ def _check_endpoints(cfg: Config, where: str) -> None:
 
 
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
+def _check_exposure(cfg: Config, where: str) -> None:
+    """Refuse, before anything binds, an endpoint other hosts could reach
+    unless CURVE is configured; the control socket never leaves the host."""
+    curve = cfg.curve
+    if curve.enabled != bool(curve.authorized_keys_dir):
+        raise ConfigError(
+            f"{where}: curve: set both secret_key_file and authorized_keys_dir, or neither"
+        )
+    if cfg.endpoints.control and not is_local_endpoint(cfg.endpoints.control):
+        raise ConfigError(
+            f"{where}: endpoints.control: {cfg.endpoints.control!r} is reachable from other "
+            "hosts; the control socket must be ipc:// or loopback (use ssh to reach it)"
+        )
+    if PICKLE_LANE in cfg.tasks.allow and not cfg.endpoints.intake.startswith("ipc://"):
+        raise ConfigError(
+            f"{where}: tasks.allow: {PICKLE_LANE} runs pickled calls, so the intake must be "
+            f"private (ipc:// in a 0700 directory), not {cfg.endpoints.intake!r}"
+        )
+    if curve.enabled:
+        return
+    for key in ("intake", "publisher"):
+        value = getattr(cfg.endpoints, key)
+        if not is_local_endpoint(value):
+            raise ConfigError(
+                f"{where}: endpoints.{key}: {value!r} is reachable from other hosts; "
+                "configure [curve] secret_key_file and authorized_keys_dir (see "
+                "'phalanxctl keygen') or bind a loopback address"
+            )
+
+
+# A module whose task unpickles its argument (workers/pickled.py): only for
+# a daemon whose intake no other user can reach.
+PICKLE_LANE = "workers.pickled"
+
+
+def is_local_endpoint(endpoint: str) -> bool:
+    """ipc://, or tcp:// on a loopback address (127.0.0.0/8, ::1, localhost).
+
+    Anything else (``*``, 0.0.0.0, an interface or host name) may be reached
+    from another host. Decided from the text alone: no name is resolved."""
+    if endpoint.startswith("ipc://"):
+        return True
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = endpoint[len("tcp://"):].rpartition(":")[0]
+    if ";" in host:  # tcp://source;dest: only the destination is bound
+        host = host.rpartition(";")[2]
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _dotted(path: str) -> str:
@@ -339,6 +413,7 @@ def parse(data: dict[str, Any], where: str = "<config>") -> Config:
         # (logging, zmq) can deadlock before it ever runs a task.
         raise ConfigError(f"{where}: observe: needs workers.start_method 'forkserver' or "
                           "'spawn', not 'fork'")
+    _check_exposure(cfg, where)
     if cfg.restart.backoff_max < cfg.restart.backoff_initial:
         raise ConfigError(f"{where}: restart.backoff_max: must be >= restart.backoff_initial")
     return cfg

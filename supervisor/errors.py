@@ -8,6 +8,7 @@ switch on it. The Python-side classes mirror the names one to one::
     ├── ConfigError            config file missing, unreadable or invalid
     ├── StartupError           cannot bind an endpoint, runtime dir unusable
     ├── JournalError           the journal file is corrupt, locked or unwritable
+    ├── CurveKeyError          a CURVE key file missing, malformed or too open
     └── RequestError           a client's request was refused (wire: type)
         ├── BadRequest         garbage frames, wrong types, missing fields
         ├── TooLarge           message over tasks.max_message_bytes
@@ -56,6 +57,10 @@ class StartupError(PhalanxError):
 
 class JournalError(PhalanxError):
     """The journal cannot be used; the message says what to do."""
+
+
+class CurveKeyError(PhalanxError):
+    """A CURVE key file is missing, unreadable, malformed or too open."""
 
 
 class RequestError(PhalanxError):

@@ -117,6 +117,11 @@ class Pong(msgspec.Struct, tag_field="op", tag="pong", omit_defaults=True):
     # Replies to this connection dropped (its queue was full) since the
     # last pong to it: the client should re-attach its tasks by id.
     dropped: int = 0
+    # Load-aware routing (docs/PROTOCOL.md, "credit"): tasks this daemon
+    # would take now, its capacity, and the unfinished tasks it holds.
+    credit: int = 0
+    capacity: int = 0
+    held: int = 0
 
 
 class ErrorReply(msgspec.Struct, tag_field="op", tag="error", omit_defaults=True):

@@ -184,10 +184,47 @@ def test_bad_endpoint_names_the_key(key: str, value: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["tcp://127.0.0.1:1", "tcp://*:5555", "ipc:///run/x.sock"]
+    "value", ["tcp://127.0.0.1:1", "tcp://127.0.0.2:5555", "tcp://[::1]:5", "tcp://localhost:5",
+              "ipc:///run/x.sock"]
 )
 def test_good_endpoints_are_accepted(value: str) -> None:
     assert config.parse({"endpoints": {"intake": value}}).endpoints.intake == value
+
+
+CURVE = {"secret_key_file": "/etc/phalanx/server.key_secret",
+         "authorized_keys_dir": "/etc/phalanx/clients"}
+
+
+@pytest.mark.parametrize("key", ["intake", "publisher"])
+@pytest.mark.parametrize("value", ["tcp://*:5555", "tcp://0.0.0.0:5555", "tcp://10.1.2.3:5555",
+                                   "tcp://eth0:5555", "tcp://example.org:5555"])
+def test_an_endpoint_beyond_loopback_needs_curve(key: str, value: str) -> None:
+    """Refused with one line naming the key and the fix; accepted with [curve]."""
+    message = parse_error({"endpoints": {key: value}})
+    assert message.startswith(f"endpoints.{key}: {value!r} is reachable from other hosts")
+    assert "[curve]" in message
+    cfg = config.parse({"endpoints": {key: value}, "curve": CURVE})
+    assert getattr(cfg.endpoints, key) == value
+
+
+def test_the_control_endpoint_never_leaves_the_host_even_with_curve() -> None:
+    message = parse_error({"endpoints": {"control": "tcp://0.0.0.0:5"}, "curve": CURVE})
+    assert message.startswith("endpoints.control: ")
+
+
+def test_the_pickle_lane_is_only_allowed_on_a_private_ipc_intake() -> None:
+    """workers.pickled unpickles what it is sent: never on a TCP intake,
+    not even loopback (any local user could reach it)."""
+    allow = {"allow": ["workers.builtin", "workers.pickled"]}
+    message = parse_error({"tasks": allow})  # default intake: tcp://127.0.0.1
+    assert message.startswith("tasks.allow: workers.pickled runs pickled calls")
+    cfg = config.parse({"tasks": allow, "endpoints": {"intake": "ipc:///run/px/in"}})
+    assert "workers.pickled" in cfg.tasks.allow
+
+
+def test_curve_needs_both_keys() -> None:
+    message = parse_error({"curve": {"secret_key_file": "/x.key_secret"}})
+    assert message.startswith("curve: set both")
 
 
 def test_inproc_endpoint_is_refused() -> None:

@@ -261,6 +261,9 @@ def test_ping_gets_a_pong_with_version_protocol_boot_and_workers(daemon: Phalanx
     assert isinstance(pong["version"], str) and pong["version"]
     assert pong["boot"] == daemon.boot
     assert pong["workers"] == 2
+    # credit: 2 running workers x (1 + credit_prefetch 2), nothing held
+    # fields at their default (0) are omitted from the pong
+    assert (pong.get("credit", 0), pong.get("capacity", 0), pong.get("held", 0)) == (6, 6, 0)
 
 
 def test_dealer_submit_batch_gets_ack_then_one_result_per_accepted_task(daemon: Phalanxd) -> None:

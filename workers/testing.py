@@ -125,3 +125,16 @@ class UnprintableFailure(TaskFailure):
 def bad_str() -> None:
     """Raise an exception whose ``str()`` itself raises."""
     raise UnprintableFailure()
+
+
+def crash_once(marker: str, mode: str = "segv", value: Any = None) -> Any:
+    """Crash (as ``crash``) the first time, when ``marker`` does not exist
+    yet; return ``value`` on any later run. The marker is created first,
+    so the retry after the crash succeeds."""
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return value
+    os.close(fd)
+    crash(mode)
+    return value  # not reached

@@ -32,9 +32,10 @@ from __future__ import annotations
 import itertools
 import os
 import queue
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, Self
 
@@ -52,6 +53,7 @@ from supervisor.client.types import encode_chunk, encode_task
 from supervisor.client.window import MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, Window
 from supervisor.client.wire import NO_OPTS, Opts, TaskOut
 from supervisor.config import LOCAL_INTAKE, local_endpoint
+from supervisor.curve import ClientKeys, keys_by_endpoint
 from supervisor.payload import ClientPayload
 
 __all__ = [
@@ -95,14 +97,16 @@ class Client(Api):
     daemon); ``connect_timeout`` is its older name. ``max_in_flight`` and
     ``max_in_flight_bytes``: the submit window (window.py).
     ``max_message_bytes``: the daemons' ``tasks.max_message_bytes``; a
-    bigger task is refused at once with TooLarge."""
+    bigger task is refused at once with TooLarge. ``curve``: keys for
+    daemons beyond loopback (one ClientKeys, or one per endpoint)."""
 
     def __init__(self, endpoint: str | list[str] | None = None, *,
                  connect_timeout: float | None = None,
                  unreachable_after: float | None = None,
                  max_in_flight: int = MAX_IN_FLIGHT,
                  max_in_flight_bytes: int = MAX_IN_FLIGHT_BYTES,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 curve: ClientKeys | Mapping[str, ClientKeys] | None = None) -> None:
         self._client = self
         self._opts = NO_OPTS
         self._endpoints = _endpoints(default_endpoint() if endpoint is None else endpoint)
@@ -115,9 +119,11 @@ class Client(Api):
         self._prefix = uuid.uuid4().hex[:12] + "-"  # task ids; routing ids are unrelated
         self._counter = itertools.count()
         self._closing = False
+        self._terminate_lock = threading.Lock()
         try:
             self._engine = Engine(self._endpoints, Window(max_in_flight, max_in_flight_bytes),
-                                  after, max_message_bytes)
+                                  after, max_message_bytes,
+                                  keys_by_endpoint(curve, self._endpoints))
         except zmq.ZMQError as exc:
             raise ValueError(f"cannot connect to {self._endpoints}: {exc}") from None
 
@@ -144,13 +150,21 @@ class Client(Api):
             self._engine.close()
 
     def terminate(self, reason: str = "client terminated before this task finished") -> None:
-        """Stop now; pending futures fail with ClientClosed (message: ``reason``)."""
-        self._closing = True
-        self._engine.stop_reason = reason
-        self._engine.stop = True
-        self._engine.wake()
-        self._engine.thread.join()
-        self._engine.close()
+        """Stop now; pending futures fail with ClientClosed (message: ``reason``).
+
+        Safe to call twice and from two threads at once (a private Pool's
+        watcher and its owner may both): the second call waits for the
+        first, so the context is terminated once (libzmq aborts otherwise)."""
+        with self._terminate_lock:
+            self._closing = True
+            if self._engine.stop and self._engine.wake_r < 0:
+                return  # already terminated
+            self._engine.stop_reason = reason
+            self._engine.stop = True
+            self._engine.wake()
+            if threading.current_thread() is not self._engine.thread:
+                self._engine.thread.join()
+                self._engine.close()
 
     def ping(self, timeout: float = 5.0) -> dict[str, Any]:
         """Round trip to the daemon(s); the first pong's version, boot, workers."""

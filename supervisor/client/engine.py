@@ -44,6 +44,7 @@ from supervisor.client.links import Link
 from supervisor.client.types import ext_hook
 from supervisor.client.window import Window
 from supervisor.client.wire import Reply, Submit, encoder
+from supervisor.curve import ClientKeys
 
 BATCH_BYTES = 1024 * 1024  # a batch closes past this many bytes of tasks
 UNACKED_KEPT = 4096  # recent requests whose refusal could still arrive
@@ -61,9 +62,9 @@ Sent = tuple[msgspec.Raw, int, Link]  # a task as sent: bytes, size, where
 
 class Engine:
     def __init__(self, endpoints: list[str], window: Window, unreachable_after: float,
-                 max_message_bytes: int) -> None:
+                 max_message_bytes: int, curve: dict[str, ClientKeys] | None = None) -> None:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.links = [Link(self.ctx, ep) for ep in endpoints]
+        self.links = [Link(self.ctx, ep, (curve or {}).get(ep)) for ep in endpoints]
         self.window = window
         # A batch closes before it could pass the daemon's message limit.
         self.batch_bytes = min(BATCH_BYTES, max_message_bytes // 2)

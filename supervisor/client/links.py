@@ -28,6 +28,7 @@ import os
 import zmq
 
 from supervisor.client.wire import Ping, Pong, encoder
+from supervisor.curve import ClientKeys
 
 # Random, unpublished routing ids: 16 bytes from os.urandom cannot be
 # guessed from anything the daemon publishes (task ids are unrelated), so
@@ -39,9 +40,12 @@ class Link:
     __slots__ = ("endpoint", "sock", "boot", "ids", "pings", "ping_refs", "awaiting_since",
                  "next_ping", "down", "heard")
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> None:
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str,
+                 keys: ClientKeys | None = None) -> None:
         self.endpoint = endpoint
         sock = ctx.socket(zmq.DEALER)
+        if keys is not None:  # CURVE to a daemon beyond loopback (supervisor/curve.py)
+            keys.apply(sock)
         # (A leading zero byte is reserved by ZeroMQ for ids it makes itself.)
         sock.setsockopt(zmq.ROUTING_ID, b"r" + os.urandom(ROUTING_ID_BYTES - 1))
         sock.setsockopt(zmq.LINGER, 0)

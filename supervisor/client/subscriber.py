@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Self
 
 import msgspec
@@ -12,6 +12,7 @@ import zmq
 
 from supervisor import payload
 from supervisor.config import LOCAL_PUBLISHER, local_endpoint
+from supervisor.curve import ClientKeys, keys_by_endpoint
 
 DEFAULT_PUBLISHER = os.environ.get("PHALANX_PUBLISHER", "tcp://127.0.0.1:7456")
 HEARTBEAT = "event.heartbeat"
@@ -36,7 +37,8 @@ class Subscriber:
     """
 
     def __init__(self, endpoint: str | None = None, topics: Iterable[str] = ("",),
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None,
+                 curve: ClientKeys | Mapping[str, ClientKeys] | None = None) -> None:
         if endpoint is None:  # as Client: $PHALANX_PUBLISHER, this user's local ipc, TCP
             endpoint = (os.environ.get("PHALANX_PUBLISHER")
                         or local_endpoint(LOCAL_PUBLISHER) or DEFAULT_PUBLISHER)
@@ -47,6 +49,9 @@ class Subscriber:
         self._want_heartbeats = any(HEARTBEAT.startswith(t) for t in topics)
         for topic in [*topics, *([] if self._want_heartbeats else [HEARTBEAT])]:
             self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        keys = keys_by_endpoint(curve, [endpoint]).get(endpoint)
+        if keys is not None:  # CURVE to a publisher beyond loopback
+            keys.apply(self._sock)
         self._sock.connect(endpoint)
         self._timeout_ms = None if timeout is None else int(timeout * 1000)
         self._last: dict[tuple[str, str], int] = {}

@@ -86,6 +86,11 @@ class Pong(msgspec.Struct, tag_field="op", tag="pong"):
     # us was full) since its last pong to us: a reason to re-attach.
     dropped: int = 0
 
+    # Load-aware routing (docs/PROTOCOL.md, "credit").
+    credit: int = 0
+    capacity: int = 0
+    held: int = 0
+
 
 class Fetch(msgspec.Struct, tag_field="op", tag="fetch"):
     """Results by id, from the daemon's journal (docs/PROTOCOL.md)."""

@@ -30,6 +30,7 @@ import sys
 from collections.abc import Mapping
 
 from supervisor import __version__, config
+from supervisor.ctl import fleet
 from supervisor.ctl.commands import COMMANDS, parse
 from supervisor.ctl.core import (
     EXIT_FAILED,
@@ -51,13 +52,15 @@ def global_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="phalanxctl",
         description="Control a running phalanxd. Without a command: an interactive shell.",
-        epilog="Commands: " + ", ".join(COMMANDS) + ". 'phalanxctl help COMMAND' for one.",
+        epilog="Commands: " + ", ".join(COMMANDS) + ", keygen. 'phalanxctl help COMMAND' "
+               "for one.",
     )
     p.add_argument("-c", "--config", metavar="PATH",
                    help="the daemon's config file: its control endpoint is used")
-    p.add_argument("-s", "--endpoint", metavar="ENDPOINT",
+    p.add_argument("-s", "--endpoint", metavar="ENDPOINT", action="append",
                    help="control endpoint, e.g. ipc:///run/phalanx/control.sock "
-                        "(env PHALANX_CONTROL)")
+                        "(env PHALANX_CONTROL); repeat it to run a command on "
+                        "several daemons")
     p.add_argument("-t", "--timeout", type=float, default=5.0, metavar="SECONDS",
                    help="seconds to wait for each reply (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -75,7 +78,7 @@ def find_endpoint(ns: argparse.Namespace, environ: Mapping[str, str]) -> str:
     ``ipc://<runtime dir>/control.sock`` (see config.resolve_runtime_dir).
     """
     if ns.endpoint:
-        return str(ns.endpoint)
+        return ns.endpoint if isinstance(ns.endpoint, str) else str(ns.endpoint[0])
     if ns.config:
         return config.load(ns.config).control_endpoint
     if environ.get("PHALANX_CONTROL"):
@@ -133,6 +136,15 @@ def main(argv: list[str] | None = None) -> int:
         print("phalanxctl: --timeout must be > 0", file=sys.stderr)
         return EXIT_USAGE
     ctl = Ctl(endpoint, timeout=ns.timeout, json=ns.json)
+    if ns.command == "keygen":  # makes keys; talks to no daemon
+        from supervisor.ctl.keygen import cmd_keygen
+
+        return cmd_keygen(ctl, ns.args)
+    if ns.endpoint and len(ns.endpoint) > 1:
+        if ns.command is None:
+            ctl.warn("the interactive shell needs one daemon: give one --endpoint")
+            return EXIT_USAGE
+        return fleet.run(ctl, ns.endpoint, ns.command, ns.args, run_command)
     if ns.command is None:
         from supervisor.ctl.shell import Shell
 

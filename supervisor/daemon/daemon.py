@@ -46,7 +46,7 @@ from supervisor import __version__
 from supervisor.config import Config
 from supervisor.core.stats import RateMeter
 from supervisor.core.tasks import Task
-from supervisor.daemon import autoreload, durability, intake, reload, runtime_dir, shutdown
+from supervisor.daemon import autoreload, durability, intake, reload, runtime_dir, shutdown, zap
 from supervisor.daemon.control import dispatch as control
 from supervisor.daemon.journal import AnyJournal
 from supervisor.daemon.journal_null import NullJournal
@@ -113,6 +113,8 @@ class Daemon:
         self.loop.watch_zmq(self.intake, lambda: intake.on_readable(self))
         self.loop.watch_zmq(self.control, lambda: control.on_readable(self))
         self.loop.watch_zmq(self.pub_sock, self.publisher.on_readable)
+        if self.curve_guard is not None:  # ZAP answered in this loop
+            self.loop.watch_zmq(self.curve_guard.sock, self.curve_guard.on_readable)
         self.loop.install_signals(SIGNAL_ACTIONS, self._on_signal)
         self.spawner.start(self.pool.allow)
         log.info(
@@ -129,6 +131,7 @@ class Daemon:
         self.ctx = zmq.Context()
         max_bytes = self.cfg.tasks.max_message_bytes
         try:
+            self.curve_guard = zap.guard(self.ctx, self.cfg.curve)  # issue 12: CURVE
             self.intake = self.ctx.socket(zmq.ROUTER)
             self.intake.setsockopt(zmq.LINGER, 0)
             self.intake.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -143,12 +146,16 @@ class Daemon:
             # gets the answer again.
             self.intake.setsockopt(zmq.SNDHWM, self.cfg.tasks.max_queued_replies)
             self.intake.setsockopt(zmq.RCVHWM, 100_000)
+            zap.protect(self.curve_guard, self.intake)
+            zap.protect(self.curve_guard, self.intake)  # issue 12: CURVE
             self._bind(self.intake, self.cfg.endpoints.intake, "intake")
             self._bind_local(self.intake, self.cfg.local_intake, "local intake")
             self.pub_sock = self.ctx.socket(zmq.XPUB)
             self.pub_sock.setsockopt(zmq.LINGER, 0)
             self.pub_sock.setsockopt(zmq.SNDHWM, PUBLISH_SNDHWM)  # see publisher.py
             self.pub_sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)  # subscriptions are short
+            zap.protect(self.curve_guard, self.pub_sock)
+            zap.protect(self.curve_guard, self.pub_sock)  # issue 12: CURVE
             self._bind(self.pub_sock, self.cfg.endpoints.publisher, "publisher")
             self._bind_local(self.pub_sock, self.cfg.local_publisher, "local publisher")
             self.control = self.ctx.socket(zmq.ROUTER)
@@ -281,6 +288,9 @@ class Daemon:
         os.close(self._lock_fd)
 
     def close_sockets(self, linger_ms: int = 0) -> None:
+        guard = getattr(self, "curve_guard", None)  # CURVE's ZAP socket
+        if guard is not None:
+            guard.close()
         for name in ("intake", "pub_sock", "control"):
             sock = getattr(self, name, None)
             if sock is not None:

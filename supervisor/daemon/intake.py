@@ -22,7 +22,7 @@ import zmq
 
 from supervisor import __version__
 from supervisor.core.tasks import ReplyGroup, Task, digest
-from supervisor.daemon import durability
+from supervisor.daemon import credit, durability
 from supervisor.daemon.zmqio import has_input
 from supervisor.errors import (
     BadRequest,
@@ -139,7 +139,8 @@ def handle(d: Daemon, frames: list[bytes]) -> None:
         # How many replies to this client were dropped since it last heard:
         # it then re-attaches its pending tasks by id (docs/PROTOCOL.md).
         dropped = _dropped.pop(route, 0)
-        pong = Pong(__version__, PROTOCOL_VERSION, d.boot, len(d.pool.slots), request.ref, dropped)
+        pong = Pong(__version__, PROTOCOL_VERSION, d.boot, len(d.pool.slots), request.ref, dropped,
+                    *credit.advertised(d))
         d.journal.hold(route, encoder.encode(pong), req)  # replies keep their order
     elif isinstance(request, Submit):
         submit(d, route, req, request)

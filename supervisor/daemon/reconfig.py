@@ -31,6 +31,9 @@ _DAEMON_ONLY = {
     ("endpoints", "local"),
     ("workers", "start_method"),
     ("workers", "preload"),
+    # Baked into the sockets and the ZAP handler at start (daemon/zap.py).
+    ("curve", "secret_key_file"),
+    ("curve", "authorized_keys_dir"),
     # Baked into the intake socket's MAXMSGSIZE and each worker's limits.
     ("tasks", "max_message_bytes"),
 }

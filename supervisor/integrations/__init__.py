@@ -1,0 +1,1 @@
+"""Phalanx inside other engines (Dask), and executors over a daemon."""
