@@ -53,7 +53,7 @@ def main() -> int:
         _run(client, poison=False)  # warm-up
         clean, clean_total, _ = _run(client, poison=False)
         mix, mix_total, outcomes = _run(client, poison=True)
-        status = d.ctl().status()
+        status = d.ctl.status()
     out = {
         "healthy_tasks": HEALTHY, "poison_tasks": POISON, "workers": 2,
         "clean_total_s": round(clean_total, 3), "mix_total_s": round(mix_total, 3),
