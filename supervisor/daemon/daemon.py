@@ -255,9 +255,6 @@ class Daemon:
         self.paused = paused
         self.publisher.event("supervisor.paused" if paused else "supervisor.resumed")
 
-    def send_reply(self, route: bytes, body: bytes, req: bool = False) -> None:
-        self.outbox.send(route, body, req)
-
     # ============================================================= signals
     def _on_signal(self, signum: int) -> None:
         action = SIGNAL_ACTIONS.get(signum)

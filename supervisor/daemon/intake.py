@@ -78,7 +78,7 @@ _dropped: OrderedDict[bytes, int] = OrderedDict()
 
 
 def note_dropped(route: bytes) -> None:
-    """A reply to ``route`` could not be queued (called by send_reply)."""
+    """A reply to ``route`` could not be queued (called by Outbox.send)."""
     _dropped[route] = _dropped.pop(route, 0) + 1
     if len(_dropped) > DROPPED_ROUTES_KEPT:
         _dropped.popitem(last=False)

@@ -216,14 +216,7 @@ def signal_process(api: Api, name: str, signal: Any) -> bool:
 
 
 def signal_all(api: Api, signal: Any) -> list[dict[str, Any]]:
-    out = []
-    for s in api.status():
-        try:
-            signal_process(api, f"worker-{s['slot']}", signal)
-            out.append(_result(s["slot"], Faults.SUCCESS, "OK"))
-        except Fault as fault:
-            out.append(_result(s["slot"], fault.faultCode, fault.faultString))
-    return out
+    return _each(api, lambda a, name, _wait: signal_process(a, name, signal), False)
 
 
 def signal_group(api: Api, name: str, signal: Any) -> list[dict[str, Any]]:

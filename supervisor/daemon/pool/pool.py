@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable
 
 from supervisor.config import Config
 from supervisor.core.slots import SlotState
@@ -171,6 +170,3 @@ class Pool:
     @property
     def stopping(self) -> bool:
         return self._s.stopping
-
-    def unfinished(self) -> Iterable[Task]:
-        return self._s.table.unfinished()

@@ -93,7 +93,6 @@ class Recovery:
             s.counters.restarted(restart_reason(exitcode, timed_out is not None), slot.index,
                                  f"worker {slot.index} (pid {pid}) {how}")
         task = s.table.charge_death(slot, running_key)
-        reason = "exit"  # no task explains it: the worker died on its own
         if task is not None:
             was_timeout = timed_out is not None and timed_out == task.key
             if was_timeout:
@@ -102,10 +101,8 @@ class Recovery:
             else:
                 detail = f"worker {slot.index} (pid {pid}) died with {how} while running this task"
             verdict = policy.judge(task, was_timeout, detail)
-            reason = "timeout" if was_timeout else "crash"
             if verdict.action == "retry":
                 s.table.retry(task)
-                s.meters.retries[reason] = s.meters.retries.get(reason, 0) + 1
                 s.counters.retried(verdict.kind, slot.index, task.name, detail)
                 log.info("task_retried", id=task.id, task=task.name, attempt=task.attempts,
                          why=detail)
@@ -123,10 +120,9 @@ class Recovery:
                 self.io.fail(task, verdict.kind, verdict.message)
         # A death the running task explains (a crash or its own deadline) is
         # the task's to pay for; the slot restarts at once (core.policy).
-        self.after_exit(slot, now, caused_by_task=task is not None, reason=reason)
+        self.after_exit(slot, now, caused_by_task=task is not None)
 
-    def after_exit(self, slot: WorkerSlot, now: float, caused_by_task: bool = False,
-                   reason: str = "spawn") -> None:
+    def after_exit(self, slot: WorkerSlot, now: float, caused_by_task: bool = False) -> None:
         s = self.s
         if s.stopping:
             slot.move(S.STOPPED)
@@ -138,7 +134,6 @@ class Recovery:
         slot.restarts.clear()
         slot.restarts.extend(decision.history)
         slot.restart_count += 1
-        s.meters.restarts[reason] = s.meters.restarts.get(reason, 0) + 1
         if not caused_by_task:
             s.pool_restarts = policy.pool_history(s.pool_restarts, now, cfg)
             looping = policy.pool_crash_loop(s.pool_restarts, cfg)

@@ -28,9 +28,6 @@ class Meters:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     # task name -> [succeeded, failed]; names are bounded by the allowlist
     per_task: dict[str, list[int]] = field(default_factory=dict)
-    # why workers were restarted or tasks retried: reason -> count
-    restarts: dict[str, int] = field(default_factory=dict)
-    retries: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str, ok: bool) -> None:
         count = self.per_task.get(name)
