@@ -207,16 +207,19 @@ class Client(Api):
                     ) -> AsyncResult:
         self._check_open()
         task_id = f"{self._prefix}{next(self._counter)}"
+        made = self._payload.segments
         args, kwargs = self._payload.prepare(args, kwargs, False)  # numpy: big ones to shm
+        shared = self._payload.segments != made
         body = self._encode(TaskOut(name, task_id, args, kwargs, *opts))
         fut = AsyncResult(self._engine, f"task {task_id} ({name})")
         fut.task_id = task_id
         if on_done is not None:  # before it is sent: then it always runs on the I/O thread
             fut.add_done_callback(on_done)
-        if self._payload.local:
+        if shared:
             # Shared-memory arguments live as long as their ShmArg objects:
-            # the future keeps them until the task settles (and it is freed).
-            fut.add_done_callback(lambda f, held=(args, kwargs): None)
+            # the future keeps them (not a done callback: one of those costs
+            # every future a Condition and a wake of the I/O thread).
+            fut.held = (args, kwargs)
         self._engine.enqueue(task_id, body, fut)
         if on_done is not None:  # nobody may ever wait on it: the I/O thread receives
             self._engine.watch()

@@ -109,10 +109,14 @@ class Engine:
             pass  # a wake byte is already pending, or the client is closed
 
     def enqueue(self, task_id: str, body: bytes, sink: Any) -> None:
-        """Hand one encoded task over; sent at once if the client is idle."""
-        self.pending[task_id] = sink
+        """Hand one encoded task over; sent at once if it is the client's
+        only task (a lone call), else batched by the I/O thread: a burst of
+        submits sent one message each from the caller would cost a send
+        per task and leave nobody receiving."""
+        pending = self.pending
+        pending[task_id] = sink
         self.outq.append((task_id, body, len(body)))
-        if self.parked and self.lock.acquire(False):
+        if len(pending) == 1 and self.parked and self.lock.acquire(False):
             try:  # send from this thread: the I/O thread is asleep
                 self.send_queued()
             except BaseException as exc:  # noqa: BLE001 - every future fails with it

@@ -43,6 +43,7 @@ class AsyncResult(Future[Any]):
         self._waiters: list[Any] = []
         self._done_callbacks: list[Any] = []
         self.task_id: str | None = None  # for Client.result(task_id) later
+        self.held: object = None  # shared-memory arguments, kept until the task settles
 
     def __getattr__(self, name: str) -> Any:
         if name != "_condition":
@@ -70,6 +71,7 @@ class AsyncResult(Future[Any]):
                 self._result = result
                 self._exception = exception
                 self._state = "FINISHED"
+                self.held = None  # the task settled: its segments may go
         if fast:
             if self._done_callbacks:
                 self._invoke_callbacks()
@@ -81,6 +83,7 @@ class AsyncResult(Future[Any]):
                 super().set_result(result)
             else:
                 super().set_exception(exception)
+            self.held = None
         return True
 
     def _claim(self) -> bool:

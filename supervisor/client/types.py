@@ -43,6 +43,9 @@ from supervisor.client.wire import TaskOut
 
 _SCALARS: frozenset[type] = frozenset({type(None), bool, int, float, str, bytes})
 _KEYS: frozenset[type] = frozenset({str, int, bytes})
+# Top-level arguments that need no walk: scalars, and the token a local
+# client appends to every task (supervisor/payload), checked by class.
+_FLAT: frozenset[type] = _SCALARS | {payload.LocalToken}
 SUPPORTED = ("None, bool, int, float, str, bytes, list, dict (str/int/bytes keys), "
              "timezone-aware datetime")
 
@@ -147,7 +150,7 @@ _encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 def encode_task(task: TaskOut) -> bytes:
     """The one place task arguments become bytes: checked, then encoded."""
     for i, arg in enumerate(task.args):
-        if type(arg) not in _SCALARS:
+        if type(arg) not in _FLAT:
             check(arg, f"argument {i}")
     if task.kwargs:
         for key, arg in task.kwargs.items():

@@ -244,8 +244,8 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
     refusal = request_refusal(d)
     now = time.monotonic()
     for index, spec in enumerate(request.tasks):
-        if len(accepted) > len(seen):  # ids accepted so far in this request
-            seen.update(accepted)
+        if len(accepted) > len(seen):  # ids accepted so far in this request (only the new ones)
+            seen.update(accepted[len(seen):])
         if spec.id is not None and spec.id in seen:
             continue  # a repeat of an accepted id inside one request collapses to one
         err = refusal or check(d, spec)

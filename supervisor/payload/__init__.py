@@ -202,6 +202,7 @@ class ClientPayload:
         self.local = (os.environ.get("PHALANX_SHM", "1") != "0" and shm.available()
                       and all(_own_ipc(ep) for ep in endpoints))
         self._copied = False  # a segment was filled since flush_now last said so
+        self.segments = 0  # shared-memory arguments made so far
         self._inline = 0  # array bytes put in the message since flush_now said so
         self._nd: type | None = None  # numpy.ndarray, once numpy is loaded
 
@@ -252,6 +253,7 @@ class ClientPayload:
                 log.warning("shm_unavailable", error=str(exc), nbytes=obj.nbytes)
             else:
                 self._copied = True
+                self.segments += 1
                 return arg
         self._inline += obj.nbytes
         return obj
