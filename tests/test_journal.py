@@ -12,21 +12,24 @@ import msgspec
 import pytest
 
 from supervisor.config import JournalSection
-from supervisor.core.tasks import Task, TaskTable
-from supervisor.daemon.journal import Journal
+from supervisor.core.tasks import Task, TaskTable, digest
+from supervisor.daemon.journal import INDEX_BYTES_PER_ID, Journal
 from supervisor.errors import IdConflict, JournalError, JournalFull
-from supervisor.protocol import Result, TaskIn, encoder
+from supervisor.protocol import NO_KWARGS, Result, encoder
 
 NAME = "workers.builtin:echo"
 
 
 def make_task(table: TaskTable, tid: str, arg: object = 1) -> Task:
     args = msgspec.Raw(encoder.encode([arg]))
-    return Task(table.next_key(), tid, NAME, args, msgspec.Raw(b"\x80"), None, 3, 0.0)
+    task = Task(table.next_key(), tid, NAME, args, msgspec.Raw(NO_KWARGS), None, 3, 0.0)
+    task.digest = digest(NAME, args, NO_KWARGS)  # as intake sets it
+    return task
 
 
-def spec(tid: str, arg: object = 1) -> TaskIn:
-    return TaskIn(task=NAME, id=tid, args=msgspec.Raw(encoder.encode([arg])))
+def spec(tid: str, arg: object = 1) -> tuple[str, int]:
+    """A submission's id and digest, as intake passes them to lookup()."""
+    return tid, digest(NAME, encoder.encode([arg]), NO_KWARGS)
 
 
 def ok(task: Task, value: object) -> Result:
@@ -42,7 +45,8 @@ class Daemonish:
         self.gen = {0: 1, 1: 1}
         self.journal = Journal.open(path, JournalSection(**cfg))  # type: ignore[arg-type]
         self.journal.bind(self.table, lambda: [
-            (s, self.gen[s], list(h)) for s, h in self.held.items()])
+            (s, self.gen[s], list(h)) for s, h in self.held.items()],
+            lambda: tuple((s, self.gen[s]) for s in self.held))
         self.replayed, self.failed = self.journal.replay(self.table.next_key, 0.0)
         for task in self.replayed:
             self.table.add(task)
@@ -88,8 +92,8 @@ def test_unfinished_tasks_come_back_and_results_stay_by_id(tmp_path: Path) -> No
     assert [t.attempts for t in d2.replayed] == [0, 0]
     got = d2.journal.result("a")
     assert got is not None and msgspec.msgpack.decode(got.value) == "done-a"
-    assert isinstance(d2.journal.lookup(spec("a", 10)), Result)
-    assert d2.journal.lookup(spec("b", 20)) is None  # pending: intake attaches to it
+    assert isinstance(d2.journal.lookup(*spec("a", 10)), Result)
+    assert d2.journal.lookup(*spec("b", 20)) is None  # pending: intake attaches to it
     d2.journal.close()
 
 
@@ -136,15 +140,43 @@ def test_a_task_charged_to_its_limit_on_replay_fails_with_a_kept_result(tmp_path
 
 
 def test_the_same_id_with_other_arguments_is_refused(tmp_path: Path) -> None:
-    d = Daemonish(tmp_path / "j.db")
+    """One digest per id: a retained result's record keeps it (lookup refuses
+    other arguments), and a replayed pending task carries it, so the task
+    table checks a resubmission after a restart as it did before."""
+    path = tmp_path / "j.db"
+    d = Daemonish(path)
     d.submit("x", 1)
-    assert isinstance(d.journal.lookup(spec("x", 2)), IdConflict)
-    assert d.journal.lookup(spec("x", 1)) is None
+    d.submit("y", 1)
     assert d.journal.commit()
     d.hand_off(0, 1)
     d.finish(0)
     assert d.journal.commit()
-    assert isinstance(d.journal.lookup(spec("x", 2)), IdConflict)
+    assert isinstance(d.journal.lookup(*spec("x", 2)), IdConflict)
+    assert isinstance(d.journal.lookup(*spec("x", 1)), Result)
+    d.journal.db.close()
+    d2 = Daemonish(path)
+    assert isinstance(d2.journal.lookup(*spec("x", 2)), IdConflict)
+    (y,) = d2.replayed
+    assert y.digest == spec("y", 1)[1] != spec("y", 2)[1]
+    assert d2.journal.lookup(*spec("y", 2)) is None  # pending: the task table's to check
+    d2.journal.close()
+
+
+def test_retention_bytes_bound_the_id_index_too(tmp_path: Path) -> None:
+    """Each retained id costs INDEX_BYTES_PER_ID of memory, counted against
+    retention_bytes with the results' bytes: 1,000 tiny results within room
+    for about 100 ids keep about 100, the newest."""
+    d = Daemonish(tmp_path / "j.db", retention_bytes=100 * INDEX_BYTES_PER_ID)
+    for i in range(1000):
+        d.submit(f"t{i}")
+        d.hand_off(0, 1)
+        d.finish(0)
+        assert d.journal.commit()
+    d.journal.prune()
+    stats = d.journal.stats()
+    assert 50 <= stats["retained"] < 100
+    assert stats["retained_bytes"] <= 100 * INDEX_BYTES_PER_ID
+    assert d.journal.result("t999") is not None and d.journal.result("t0") is None
     d.journal.close()
 
 
@@ -185,7 +217,8 @@ def test_a_full_journal_refuses_new_work_and_loses_nothing_it_accepted(tmp_path:
         if not d.journal.commit():
             break
     assert d.journal.full and d.journal.failing
-    assert isinstance(d.journal.lookup(spec("new")), JournalFull)
+    assert isinstance(d.journal.lookup(*spec("new")), JournalFull)
+    assert d.journal.lookup(tasks[0].id, tasks[0].digest) is None  # pending: attach, not refuse
     # Work finishes (the queue drains), the log is compacted, room comes back.
     d.hand_off(0, len(d.table.queue))
     while d.held[0]:
@@ -197,7 +230,7 @@ def test_a_full_journal_refuses_new_work_and_loses_nothing_it_accepted(tmp_path:
     assert not d.journal.failing
     d.journal.prune()
     assert not d.journal.full
-    assert d.journal.lookup(spec("new")) is None
+    assert d.journal.lookup(*spec("new")) is None
     d.journal.db.close()
     d2 = Daemonish(path)
     assert d2.replayed == []

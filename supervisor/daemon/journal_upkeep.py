@@ -1,8 +1,9 @@
 """The journal's upkeep (once a second) and the operator's views of it.
 
 Retention: finished results older than ``retention_seconds``, or beyond
-``retention_bytes``, are dropped oldest first (one range DELETE: result rows
-are in time order). The log of accepted/started rows is compacted once it
+``retention_bytes`` (their bytes on disk plus the id index's memory for
+them, journal.INDEX_BYTES_PER_ID each), are dropped oldest first (one range
+DELETE: result rows are in time order). The log (accepted tasks, hand-offs) is compacted once it
 outweighs what is unfinished. The WAL is checkpointed once it passes 4 MiB
 (a checkpoint fsyncs; see journal_store.connect). Free space is checked
 here and every max_bytes/64 bytes written: near full, new work is refused
@@ -47,7 +48,7 @@ def recent(self: Journal, limit: int) -> list[dict[str, Any]]:
     return out
 
 def stats(self: Journal) -> dict[str, Any]:
-    return {"path": str(self.path), "retained": sum(len(r[3]) for r in self._retained),
+    return {"path": str(self.path), "retained": len(self._index),
             "retained_bytes": self._retained_bytes, "full": self.full,
             "failing": self.failing, "commits": self.commits,
             "file_bytes": _size(self.path) + _size(Path(f"{self.path}-wal"))}
@@ -57,6 +58,10 @@ def prune(self: Journal, now: float | None = None) -> None:
     """Drop results past retention, checkpoint, check for space (1/s)."""
     now = time.time() if now is None else now
     expire(self, now - self.cfg.retention_seconds, self.cfg.retention_bytes)
+    # A worker started or stopped with nothing else to record: say so now
+    # (commits look at the workers only when they write anyway).
+    if self._identify() != self._identity:
+        self._identity_due = True
     try:
         # A checkpoint fsyncs (even with synchronous=NORMAL): only when
         # the WAL has grown, not every second (journal_store.connect).
@@ -67,7 +72,7 @@ def prune(self: Journal, now: float | None = None) -> None:
             self.db.execute("PRAGMA incremental_vacuum")
     except sqlite3.Error as exc:
         log.warning("journal_upkeep_failed", path=str(self.path), error=str(exc))
-    # Compact once the log of accepted/started rows outweighs what is
+    # Compact once the log outweighs what is
     # unfinished (amortised: its cost is O(unfinished)), or to make room.
     cap = self.cfg.max_bytes // 4 if self.cfg.max_bytes else 1 << 20
     if self._log_bytes > max(cap, 2 * self._snapshot_bytes) or self.full or self.failing:
@@ -79,11 +84,11 @@ def expire(self: Journal, cutoff: float, max_bytes: int) -> None:
     retained = self._retained
     index = self._index
     while retained and (retained[0][1] < cutoff or self._retained_bytes > max_bytes):
-        n, _, nbytes, ids = retained.popleft()
-        self._retained_bytes -= nbytes
-        for i in ids:
-            if index.get(i, 0) >> 32 == n:
-                del index[i]
+        n, _, charged, keys = retained.popleft()
+        self._retained_bytes -= charged
+        for k in keys:
+            if index.get(k) == n:
+                del index[k]
         self._rows.pop(n, None)
         last = n
     if last:
