@@ -169,10 +169,10 @@ class Journal:
         now_mono = time.monotonic()
         if self.failing and now_mono < self._retry_at:
             return False
-        # Which worker each slot runs matters to hand-offs: looked at when
-        # there are some (and once a second, upkeep), not in every commit.
-        identity = self._identify() if (self._starts or self._compact_due
-                                         or self._identity_due) else self._identity
+        # Which worker each slot runs: written with any record (a worker that
+        # died holding tasks must not look alive to a replay), and at the
+        # latest a second after a change (upkeep), not looked at otherwise.
+        identity = self._identify()
         now = time.time()
         try:
             fin_row = self._write(identity, now, now_mono, lean=False)
@@ -212,7 +212,7 @@ class Journal:
         self._retained.append((row, at, charged, keys))
         self._retained_bytes += charged
 
-    def _write(self, identity: tuple[tuple[int, int], ...] | None, now: float, now_mono: float,
+    def _write(self, identity: tuple[tuple[int, int], ...], now: float, now_mono: float,
                lean: bool) -> tuple[int, int, list[str]] | None:
         """This turn's records: one log row and one finished row at most, in
         one transaction (autocommit when it is one row); the finished row's
@@ -277,7 +277,7 @@ class Journal:
                 t.soft_timeout, t.chunk, t.retry_timeouts, t.attempts, t.crashes,
                 t.digest, now - (now_mono - t.accepted_at))
 
-    def _write_snapshot(self, identity: tuple[tuple[int, int], ...] | None, now: float,
+    def _write_snapshot(self, identity: tuple[tuple[int, int], ...], now: float,
                         now_mono: float) -> None:
         """Replace the log by one row: what is unfinished right now."""
         db = self.db
