@@ -180,6 +180,50 @@ def test_retention_bytes_bound_the_id_index_too(tmp_path: Path) -> None:
     d.journal.close()
 
 
+V1_SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value);
+CREATE TABLE accepted(n INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE started(n INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE finished(n INTEGER PRIMARY KEY, at REAL NOT NULL, bytes INTEGER NOT NULL,
+                      body BLOB NOT NULL);
+CREATE TABLE worker(slot INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, gen INTEGER NOT NULL);
+INSERT INTO meta VALUES('schema', 1);
+INSERT INTO meta VALUES('epoch', 1);
+"""
+
+
+def test_a_schema_1_journal_is_migrated_without_losing_work(tmp_path: Path) -> None:
+    """A journal written by the previous schema (a table per record kind,
+    CRC-32 digests): its pending tasks are replayed (the one its live worker
+    was running charged), its results kept; old digests are not checked."""
+    path = tmp_path / "j.db"
+    db = sqlite3.connect(path)
+    db.executescript(V1_SCHEMA)
+    args = encoder.encode([7])
+    record = [1, "p", NAME, msgspec.Raw(args), msgspec.Raw(NO_KWARGS), 3, 0.0, 0.0, False,
+              False, 0, 0, 12345, 1.0]
+    db.execute("INSERT INTO accepted(epoch, body) VALUES(1, ?)", (encoder.encode([record]),))
+    db.execute("INSERT INTO started(epoch, body) VALUES(1, ?)",
+               (encoder.encode([(0, 4, [1], [])]),))
+    db.execute("INSERT INTO worker VALUES(0, 1, 4)")
+    done = Result("f", NAME, True, 1, value=msgspec.Raw(encoder.encode("old")))
+    body = encoder.encode([(999, 1.0, done)])
+    db.execute("INSERT INTO finished(at, bytes, body) VALUES(?, ?, ?)", (9e9, len(body), body))
+    db.commit()
+    db.close()
+
+    d = Daemonish(path)
+    (p,) = d.replayed
+    assert (p.id, msgspec.msgpack.decode(p.args), p.attempts, p.digest) == ("p", [7], 1, 0)
+    got = d.journal.lookup(*spec("f", "any arguments"))  # digest 0: not checked
+    assert isinstance(got, Result) and msgspec.msgpack.decode(got.value) == "old"
+    d.journal.close()
+    db = sqlite3.connect(path)
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    db.close()
+    assert tables == {"meta", "log", "finished"}
+
+
 def test_size_stays_bounded_under_steady_load(tmp_path: Path) -> None:
     """100,000 tasks through, results retained within 256 KiB: the file
     (database plus WAL) stops growing; old results are gone, recent kept."""

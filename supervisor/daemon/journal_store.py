@@ -137,6 +137,9 @@ def connect(path: Path, synchronous: str, max_bytes: int) -> sqlite3.Connection:
         db.execute("BEGIN IMMEDIATE")  # takes (and, EXCLUSIVE, keeps) the write lock
         db.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value)")
         row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is not None and row[0] == 1:
+            _migrate_v1(db)
+            row = (SCHEMA_VERSION,)
         if row is not None and row[0] != SCHEMA_VERSION:
             raise JournalError(  # rolled back when db closes: the file is left as it was
                 f"journal {path} has schema version {row[0]}, this phalanxd reads "
@@ -161,6 +164,35 @@ def connect(path: Path, synchronous: str, max_bytes: int) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _migrate_v1(db: sqlite3.Connection) -> None:
+    """Schema 1 (a table each for accepted, started and worker; CRC-32
+    digests) to 2, inside the opening transaction: the same records as log
+    rows; their digests become 0, unknown (not checked: the digest changed)."""
+    encode = msgspec.msgpack.encode
+    db.execute(_SCHEMA.split(";")[0])
+    for epoch, body in db.execute("SELECT epoch, body FROM accepted ORDER BY n").fetchall():
+        tasks = tasks_decoder.decode(body)
+        for t in tasks:
+            t.digest = 0
+        db.execute("INSERT INTO log(epoch, accepted) VALUES(?, ?)", (epoch, encode(tasks)))
+    for epoch, body in db.execute("SELECT epoch, body FROM started ORDER BY n").fetchall():
+        db.execute("INSERT INTO log(epoch, started) VALUES(?, ?)", (epoch, body))
+    # Each start rewrote the worker table: every row is of the last epoch.
+    workers = db.execute("SELECT slot, epoch, gen FROM worker").fetchall()
+    if workers:
+        db.execute("INSERT INTO log(epoch, workers) VALUES(?, ?)",
+                   (max(e for _, e, _ in workers), encode([(s, g) for s, _, g in workers])))
+    for n, body in db.execute("SELECT n, body FROM finished").fetchall():
+        finishes = finishes_decoder.decode(body)
+        for f in finishes:
+            f.digest = 0
+        new = encode(finishes)
+        db.execute("UPDATE finished SET body=?, bytes=? WHERE n=?", (new, len(new), n))
+    for table in ("accepted", "started", "worker"):
+        db.execute(f"DROP TABLE {table}")
+    db.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
 
 
 def corrupt(path: Path, exc: BaseException) -> JournalError:
