@@ -41,10 +41,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +61,7 @@ RETRY_AFTER = 0.2  # seconds between attempts when commits fail (disk full)
 LRU_ROWS = 8  # decoded result rows kept for lookups (resubmissions come in runs)
 KEY_MASK = (1 << 60) - 1  # index keys: under 2**60, so each is a 32-byte int
 # Memory per retained id: its key (32-byte int), its dict entry (~50 bytes
-# amortised over resizes) and its place in the row's key array (8 bytes).
+# amortised over resizes) and its place in the row's list of keys (8 bytes).
 INDEX_BYTES_PER_ID = 96
 # (slot, worker generation or 0 when it has none, tasks it holds in order)
 Workers = Callable[[], Iterable[tuple[int, int, Sequence[Task]]]]
@@ -82,6 +80,7 @@ class Journal:
 
     def __init__(self, db: sqlite3.Connection, path: Path, cfg: JournalSection) -> None:
         self.db = db
+        self._cur = db.cursor()  # one cursor for the hot path's statements
         self.path = path
         self.cfg = cfg
         self.full = False  # new work is refused (JournalFull) while set
@@ -94,7 +93,7 @@ class Journal:
         # id_key(id) -> its finished row, for retained results only
         self._index: dict[int, int] = {}
         # (row, wall time, bytes charged to retention_bytes, its ids' keys)
-        self._retained: deque[tuple[int, float, int, array[int]]] = deque()
+        self._retained: deque[tuple[int, float, int, list[int]]] = deque()
         self._retained_bytes = 0
         self._rows: OrderedDict[int, dict[str, store.FinishRecord]] = OrderedDict()
         self._identity: tuple[tuple[int, int], ...] | None = None  # as last written
@@ -104,6 +103,11 @@ class Journal:
         self._snapshot_bytes = 0
         self._compact_due = False
         self._since_check = 0  # bytes written since the last look at free space
+        # Look again after this many bytes, not only once a second: a burst
+        # must not write through min_free_bytes (a full disk stops even the
+        # checkpoint that would give space back) before intake refuses.
+        self._check_every = max(64 * 1024, min(cfg.max_bytes // 64 or 1 << 62,
+                                               cfg.min_free_bytes // 8 or 1 << 62))
         self._table: TaskTable | None = None
         self._workers: Workers = lambda: ()
         self._identify: Identity = lambda: ()
@@ -195,19 +199,24 @@ class Journal:
         self.commits += 1
         self._identity = identity
         self._identity_due = self._compact_due = False
-        self._acc.clear()
-        self._starts.clear()
-        self._fin.clear()
-        if self.cfg.max_bytes and self._since_check > self.cfg.max_bytes // 64:
-            self._check_space()
+        if self._acc:
+            self._acc = []
+        if self._starts:
+            self._starts = []
         if fin_row is not None:
+            self._fin = []
             self._retain(*fin_row, now)
+        if self._since_check > self._check_every:
+            self._check_space()
         return True
 
     def _retain(self, row: int, nbytes: int, ids: list[str], at: float) -> None:
-        """Index a finished row's ids (their results are retained)."""
-        keys = array("q", [hash(i) & KEY_MASK for i in ids])
-        self._index.update(zip(keys, repeat(row)))
+        """Index a finished row's ids (their results are retained). The keys
+        list shares its ints with the index: 8 bytes an id more, not 40."""
+        index = self._index
+        keys = [hash(i) & KEY_MASK for i in ids]
+        for k in keys:
+            index[k] = row
         charged = nbytes + INDEX_BYTES_PER_ID * len(keys)
         self._retained.append((row, at, charged, keys))
         self._retained_bytes += charged
@@ -216,46 +225,50 @@ class Journal:
                lean: bool) -> tuple[int, int, list[str]] | None:
         """This turn's records: one log row and one finished row at most, in
         one transaction (autocommit when it is one row); the finished row's
-        facts."""
-        db = self.db
-        fin_row = None
-        written = 0
-        workers = None
-        if identity != self._identity:
-            workers = encoder.encode(identity)
+        facts. Written plainly, in one function: it runs twice per lone round
+        trip, on its critical path."""
+        cur = self._cur
+        fin = self._fin
+        skew = now - now_mono  # monotonic acceptance times to wall clock
+        workers = None if identity == self._identity else encoder.encode(identity)
         if self._compact_due:
-            db.execute("BEGIN")
+            cur.execute("BEGIN")
             self._write_snapshot(identity, now, now_mono)
             together = True
+            written = 0
         else:
             accepted = started = None
             if self._acc:
-                accepted = encoder.encode([self._record(t, now, now_mono) for t in self._acc])
-                written += len(accepted)
+                accepted = encoder.encode([
+                    (t.key, t.id, t.name, t.args, t.kwargs, t.max_attempts, t.timeout,
+                     t.soft_timeout, t.chunk, t.retry_timeouts, t.attempts, t.crashes,
+                     t.digest, skew + t.accepted_at) for t in self._acc])
             if self._starts:
                 started = encoder.encode([
                     (slot, gen, [t.key for t in tasks],
                      [(t.key, t.attempts, t.crashes) for t in tasks if t.attempts])
                     for slot, gen, tasks in self._starts])
-                written += len(started)
-            has_log = accepted is not None or started is not None or workers is not None
-            together = has_log and bool(self._fin)
-            if together:
-                db.execute("BEGIN")
-            if has_log:
-                db.execute("INSERT INTO log(epoch, accepted, started, workers) "
-                           "VALUES(?, ?, ?, ?)", (self._epoch, accepted, started, workers))
+            together = False
+            written = 0
+            if accepted is not None or started is not None or workers is not None:
+                written = (0 if accepted is None else len(accepted)) + (
+                    0 if started is None else len(started))
+                if fin:
+                    together = True
+                    cur.execute("BEGIN")
+                cur.execute("INSERT INTO log(epoch, accepted, started, workers) VALUES(?, ?, ?, ?)",
+                            (self._epoch, accepted, started, workers))
                 self._log_bytes += written
-        if self._fin:
-            body = encoder.encode([
-                (t.digest, now - (now_mono - t.accepted_at), _stub(r) if lean else r)
-                for t, r in self._fin])
-            cur = db.execute("INSERT INTO finished(at, bytes, body) VALUES(?, ?, ?)",
-                             (now, len(body), body))
-            fin_row = (int(cur.lastrowid or 0), len(body), [t.id for t, _ in self._fin])
+        fin_row = None
+        if fin:
+            body = encoder.encode([(t.digest, skew + t.accepted_at, _stub(r) if lean else r)
+                                   for t, r in fin])
+            cur.execute("INSERT INTO finished(at, bytes, body) VALUES(?, ?, ?)",
+                        (now, len(body), body))
+            fin_row = (cur.lastrowid or 0, len(body), [t.id for t, _ in fin])
             written += len(body)
         if together:
-            db.execute("COMMIT")
+            cur.execute("COMMIT")
         self._since_check += written
         return fin_row
 
@@ -273,6 +286,7 @@ class Journal:
         return False
 
     def _record(self, t: Task, now: float, now_mono: float) -> tuple[Any, ...]:
+        """A TaskRecord (_write builds the same tuple inline)."""
         return (t.key, t.id, t.name, t.args, t.kwargs, t.max_attempts, t.timeout,
                 t.soft_timeout, t.chunk, t.retry_timeouts, t.attempts, t.crashes,
                 t.digest, now - (now_mono - t.accepted_at))

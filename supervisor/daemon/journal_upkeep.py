@@ -62,14 +62,21 @@ def prune(self: Journal, now: float | None = None) -> None:
     # (commits look at the workers only when they write anyway).
     if self._identify() != self._identity:
         self._identity_due = True
+    short = self.full or self.failing
     try:
         # A checkpoint fsyncs (even with synchronous=NORMAL): only when
         # the WAL has grown, not every second (journal_store.connect).
-        if _size(Path(f"{self.path}-wal")) > CHECKPOINT_WAL_BYTES:
+        if short or _size(Path(f"{self.path}-wal")) > CHECKPOINT_WAL_BYTES:
             self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
         if free > 256:
-            self.db.execute("PRAGMA incremental_vacuum")
+            # Each step frees one page and execute() steps once: executescript
+            # steps it to the end (else one page a second is given back).
+            self.db.executescript("PRAGMA incremental_vacuum;")
+        if short:
+            # Short of room: give the blocks of the file's free pages and of
+            # the WAL back (the WAL keeps its size otherwise, journal_store).
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     except sqlite3.Error as exc:
         log.warning("journal_upkeep_failed", path=str(self.path), error=str(exc))
     # Compact once the log outweighs what is
