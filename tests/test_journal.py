@@ -13,7 +13,8 @@ import pytest
 
 from supervisor.config import JournalSection
 from supervisor.core.tasks import Task, TaskTable, digest
-from supervisor.daemon.journal import INDEX_BYTES_PER_ID, Journal
+from supervisor.daemon.journal import Journal
+from supervisor.daemon.journal_index import BYTES_PER_ID, BYTES_PER_ROW, RetainedIndex
 from supervisor.errors import IdConflict, JournalError, JournalFull
 from supervisor.protocol import NO_KWARGS, Result, encoder
 
@@ -163,10 +164,11 @@ def test_the_same_id_with_other_arguments_is_refused(tmp_path: Path) -> None:
 
 
 def test_retention_bytes_bound_the_id_index_too(tmp_path: Path) -> None:
-    """Each retained id costs INDEX_BYTES_PER_ID of memory, counted against
-    retention_bytes with the results' bytes: 1,000 tiny results within room
-    for about 100 ids keep about 100, the newest."""
-    d = Daemonish(tmp_path / "j.db", retention_bytes=100 * INDEX_BYTES_PER_ID)
+    """The id index's memory (BYTES_PER_ID an id, BYTES_PER_ROW a row) is
+    counted against retention_bytes with the results' bytes: 1,000 tiny
+    results within room for fewer than 100 keep fewer than 100, the newest."""
+    limit = 100 * (BYTES_PER_ID + BYTES_PER_ROW)
+    d = Daemonish(tmp_path / "j.db", retention_bytes=limit)
     for i in range(1000):
         d.submit(f"t{i}")
         d.hand_off(0, 1)
@@ -174,10 +176,28 @@ def test_retention_bytes_bound_the_id_index_too(tmp_path: Path) -> None:
         assert d.journal.commit()
     d.journal.prune()
     stats = d.journal.stats()
-    assert 50 <= stats["retained"] < 100
-    assert stats["retained_bytes"] <= 100 * INDEX_BYTES_PER_ID
+    assert 20 <= stats["retained"] < 100
+    assert stats["retained_bytes"] <= limit
     assert d.journal.result("t999") is not None and d.journal.result("t0") is None
     d.journal.close()
+
+
+def test_the_index_forgets_rows_oldest_first_and_keeps_newer_rows_of_an_id() -> None:
+    """Expiry by time and by bytes, oldest row first; an id finished again
+    in a newer row (resubmitted after its first result expired) stays; the
+    arrays' dead front is dropped as rows expire, lookups unchanged."""
+    index = RetainedIndex()
+    for row in range(1, 3001):
+        index.add(row, float(row), 10, [f"a{row}", f"b{row}"])
+    index.add(3001, 3001.0, 10, ["a1"])  # a1 again, in a newer row
+    assert index.find("a1") == 3001 and index.find("b2") == 2
+    assert index.expire(cutoff=2001.0, max_bytes=1 << 40) == 2000
+    assert len(index) == 1001 and index.find("b2") is None and index.find("b2001") == 2001
+    assert index.find("a1") == 3001  # expiring row 1 left the newer row's a1 alone
+    per_row = 10 + BYTES_PER_ROW + 2 * BYTES_PER_ID
+    assert index.expire(cutoff=0.0, max_bytes=per_row * 10) == 2991  # row 3001 is smaller
+    assert list(index.newest_rows())[:2] == [3001, 3000] and len(index) == 10
+    assert index.bytes <= per_row * 10
 
 
 V1_SCHEMA = """

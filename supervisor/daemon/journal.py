@@ -29,19 +29,19 @@ records). A pending id is the task table's to answer; ``lookup()`` answers
 an id whose result is retained: the journaled result, or IdConflict if the
 digest differs.
 
-The id index is compact: it maps a 60-bit hash of each retained id to its
-``finished`` row (an int shared by the row's ids), and keeps no id strings.
-A hit is confirmed against the row itself (read from SQLite, a few rows
-cached), so a hash collision never answers the wrong id. Its memory,
-``INDEX_BYTES_PER_ID`` per retained result, counts against
-``retention_bytes`` with the results' bytes on disk.
+The id index is compact (journal_index.py): a 60-bit hash of each retained
+id maps to its ``finished`` row; no id strings, no object per row. A hit is
+confirmed against the row itself (read from SQLite, a few rows cached), so
+a hash collision never answers the wrong id. Its memory (about 96 bytes per
+retained result and 72 per row) counts against ``retention_bytes`` with the
+results' bytes on disk.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from supervisor.config import JournalSection
 from supervisor.core.tasks import Task, TaskTable
 from supervisor.daemon import journal_store as store
 from supervisor.daemon import journal_upkeep as upkeep
+from supervisor.daemon.journal_index import KEY_MASK, RetainedIndex
 from supervisor.errors import IdConflict, JournalError, JournalFull, RequestError
 from supervisor.protocol import Result, encoder, error_raw
 
@@ -59,20 +60,10 @@ log = structlog.get_logger("phalanxd")
 SHUTTING_DOWN = b"ShuttingDown"
 RETRY_AFTER = 0.2  # seconds between attempts when commits fail (disk full)
 LRU_ROWS = 8  # decoded result rows kept for lookups (resubmissions come in runs)
-KEY_MASK = (1 << 60) - 1  # index keys: under 2**60, so each is a 32-byte int
-# Memory per retained id: its key (32-byte int), its dict entry (~50 bytes
-# amortised over resizes) and its place in the row's list of keys (8 bytes).
-INDEX_BYTES_PER_ID = 96
 # (slot, worker generation or 0 when it has none, tasks it holds in order)
 Workers = Callable[[], Iterable[tuple[int, int, Sequence[Task]]]]
 # ((slot, worker generation or 0), ...): which worker each slot runs
 Identity = Callable[[], tuple[tuple[int, int], ...]]
-
-
-def id_key(tid: str) -> int:
-    """The index key of an id. ``hash()`` is salted per process: the index
-    is rebuilt at every start, so it never has to agree across restarts."""
-    return hash(tid) & KEY_MASK
 
 
 class Journal:
@@ -90,11 +81,9 @@ class Journal:
         self._starts: list[tuple[int, int, list[Task]]] = []
         self._fin: list[tuple[Task, Result]] = []
         self._held: list[tuple[bytes, bytes, bool]] = []
-        # id_key(id) -> its finished row, for retained results only
-        self._index: dict[int, int] = {}
-        # (row, wall time, bytes charged to retention_bytes, its ids' keys)
-        self._retained: deque[tuple[int, float, int, list[int]]] = deque()
-        self._retained_bytes = 0
+        # retained results: id -> finished row, compact (journal_index.py)
+        self._retained = RetainedIndex()
+        self._index = self._retained.keys
         self._rows: OrderedDict[int, dict[str, store.FinishRecord]] = OrderedDict()
         self._identity: tuple[tuple[int, int], ...] | None = None  # as last written
         self._identity_due = False  # the upkeep timer saw a worker change
@@ -211,15 +200,8 @@ class Journal:
         return True
 
     def _retain(self, row: int, nbytes: int, ids: list[str], at: float) -> None:
-        """Index a finished row's ids (their results are retained). The keys
-        list shares its ints with the index: 8 bytes an id more, not 40."""
-        index = self._index
-        keys = [hash(i) & KEY_MASK for i in ids]
-        for k in keys:
-            index[k] = row
-        charged = nbytes + INDEX_BYTES_PER_ID * len(keys)
-        self._retained.append((row, at, charged, keys))
-        self._retained_bytes += charged
+        """Index a finished row's ids (their results are retained)."""
+        self._retained.add(row, at, nbytes, ids)
 
     def _write(self, identity: tuple[tuple[int, int], ...], now: float, now_mono: float,
                lean: bool) -> tuple[int, int, list[str]] | None:

@@ -2,7 +2,7 @@
 
 Retention: finished results older than ``retention_seconds``, or beyond
 ``retention_bytes`` (their bytes on disk plus the id index's memory for
-them, journal.INDEX_BYTES_PER_ID each), are dropped oldest first (one range
+them, journal_index.py), are dropped oldest first (one range
 DELETE: result rows are in time order). The log (accepted tasks, hand-offs) is compacted once it
 outweighs what is unfinished. The WAL is checkpointed once it passes 4 MiB
 (a checkpoint fsyncs; see journal_store.connect). Free space is checked
@@ -32,7 +32,7 @@ CHECKPOINT_WAL_BYTES = 4 << 20
 def recent(self: Journal, limit: int) -> list[dict[str, Any]]:
     """The newest retained results, newest first (for `phalanxctl tasks`)."""
     out: list[dict[str, Any]] = []
-    for n, _, _, _ in reversed(self._retained):
+    for n in self._retained.newest_rows():
         try:
             found = self.db.execute("SELECT body FROM finished WHERE n=?", (n,)).fetchone()
         except sqlite3.Error:
@@ -49,7 +49,7 @@ def recent(self: Journal, limit: int) -> list[dict[str, Any]]:
 
 def stats(self: Journal) -> dict[str, Any]:
     return {"path": str(self.path), "retained": len(self._index),
-            "retained_bytes": self._retained_bytes, "full": self.full,
+            "retained_bytes": self._retained.bytes, "full": self.full,
             "failing": self.failing, "commits": self.commits,
             "file_bytes": _size(self.path) + _size(Path(f"{self.path}-wal"))}
 
@@ -87,18 +87,10 @@ def prune(self: Journal, now: float | None = None) -> None:
     check_space(self)
 
 def expire(self: Journal, cutoff: float, max_bytes: int) -> None:
-    last = 0
-    retained = self._retained
-    index = self._index
-    while retained and (retained[0][1] < cutoff or self._retained_bytes > max_bytes):
-        n, _, charged, keys = retained.popleft()
-        self._retained_bytes -= charged
-        for k in keys:
-            if index.get(k) == n:
-                del index[k]
-        self._rows.pop(n, None)
-        last = n
+    last = self._retained.expire(cutoff, max_bytes)
     if last:
+        for n in [n for n in self._rows if n <= last]:
+            del self._rows[n]
         try:
             self.db.execute("DELETE FROM finished WHERE n <= ?", (last,))
         except sqlite3.Error as exc:
@@ -117,9 +109,9 @@ def check_space(self: Journal) -> None:
         full = full or st.f_bavail * st.f_frsize < self.cfg.min_free_bytes
     except (sqlite3.Error, OSError):
         full = True
-    if full and self._retained:
+    if full and len(self._retained):
         # Retained results are the one thing we may drop to make room.
-        expire(self, 0.0, self._retained_bytes // 2)
+        expire(self, 0.0, self._retained.bytes // 2)
     if full != self.full and not self.failing:
         self.full = full
         log.warning("journal_full" if full else "journal_has_room", path=str(self.path))
