@@ -13,6 +13,7 @@ multiprocessing Pipe echo (the supervisor-to-worker hop).
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import tempfile
 import time
@@ -33,6 +34,7 @@ from bench.stats import scaled, summary
 from supervisor.client import Client
 
 WARMUP = 200
+_RAW_CALLS = itertools.count()
 Timed = tuple[list[float], dict[str, float]]  # samples (s), CPU seconds by party
 
 
@@ -109,10 +111,13 @@ def phalanx_raw(d: PhalanxUnderTest, count: int) -> Timed:
             if msg.get("op") == "results" and any(r.get("id") == task_id for r in msg["results"]):
                 return None
 
+    # Fresh ids on every call: a second round on the same daemon must not
+    # be answered from the result cache or the journal (a resubmitted id is).
+    base = next(_RAW_CALLS) * (WARMUP + count + 1)
     try:
-        _loop(WARMUP, lambda i: once(-1 - i))
+        _loop(WARMUP, lambda i: once(base + count + i))
         with _cpu(d.process(), d.worker_processes()) as cpu:
-            out = _loop(count, once)
+            out = _loop(count, lambda i: once(base + i))
     finally:
         sock.close(linger=0)
         ctx.term()
