@@ -199,38 +199,59 @@ def name_refusal(d: Daemon, name: str) -> RequestError | None:
 
 def check(d: Daemon, spec: TaskIn) -> RequestError | None:
     """The RequestError that refuses this task, or None (hot path: no raise)."""
-    name = spec.task
-    if name not in d.pool.known_tasks:
-        err = name_refusal(d, name)
-        if err is not None:
-            return err
-    if spec.id is not None and len(spec.id) * 4 > d.cfg.tasks.max_id_bytes and len(
-            spec.id.encode()) > d.cfg.tasks.max_id_bytes:
-        return BadRequest(f"task id is longer than {d.cfg.tasks.max_id_bytes} bytes")
-    if spec.args and not is_array(spec.args):
-        return BadRequest("args must be an array")
-    if spec.kwargs and not is_map(spec.kwargs):
-        return BadRequest("kwargs must be a map")
-    if spec.timeout is not None and not spec.timeout >= 0:
-        return BadRequest("timeout must be a number >= 0")
-    if spec.max_attempts is not None and spec.max_attempts < 1:
-        return BadRequest("max_attempts must be >= 1")
-    if spec.soft_timeout is not None and not spec.soft_timeout >= 0:
-        return BadRequest("soft_timeout must be a number >= 0")
-    table = d.pool.table
-    limits = d.cfg.tasks
-    if spec.max_attempts is not None and spec.max_attempts > limits.max_attempts_limit:
-        return LimitExceeded(
-            f"max_attempts {spec.max_attempts} is over tasks.max_attempts_limit "
-            f"({limits.max_attempts_limit})"
-        )
-    if len(table) >= limits.max_pending:
-        return Overloaded(f"{len(table)} tasks pending, limit {limits.max_pending}")
-    if table.pending_bytes >= limits.max_pending_bytes:
-        return Overloaded(
-            f"{table.pending_bytes} bytes of pending arguments, limit {limits.max_pending_bytes}"
-        )
-    return None
+    return Checker(d).check(spec)
+
+
+class Checker:
+    """Per-task checks, with what they read bound once per request (a
+    request carries up to hundreds of tasks: the lookups add up)."""
+
+    __slots__ = ("d", "known", "limits", "table", "id_chars")
+
+    def __init__(self, d: Daemon) -> None:
+        self.d = d
+        self.known = d.pool.known_tasks
+        self.limits = d.cfg.tasks
+        self.table = d.pool.table
+        # An id of this many characters may be over max_id_bytes (UTF-8
+        # takes at most 4 bytes a character); shorter ones never are.
+        self.id_chars = self.limits.max_id_bytes // 4
+
+    def check(self, spec: TaskIn) -> RequestError | None:
+        if spec.task not in self.known:
+            err = name_refusal(self.d, spec.task)
+            if err is not None:
+                return err
+        limits = self.limits
+        task_id = spec.id
+        if task_id is not None and len(task_id) > self.id_chars and len(
+                task_id.encode()) > limits.max_id_bytes:
+            return BadRequest(f"task id is longer than {limits.max_id_bytes} bytes")
+        if spec.args and not is_array(spec.args):
+            return BadRequest("args must be an array")
+        if spec.kwargs and not is_map(spec.kwargs):
+            return BadRequest("kwargs must be a map")
+        if spec.timeout is not None and not spec.timeout >= 0:
+            return BadRequest("timeout must be a number >= 0")
+        if spec.max_attempts is not None:
+            if spec.max_attempts < 1:
+                return BadRequest("max_attempts must be >= 1")
+            if spec.max_attempts > limits.max_attempts_limit:
+                return LimitExceeded(
+                    f"max_attempts {spec.max_attempts} is over tasks.max_attempts_limit "
+                    f"({limits.max_attempts_limit})"
+                )
+        if spec.soft_timeout is not None and not spec.soft_timeout >= 0:
+            return BadRequest("soft_timeout must be a number >= 0")
+        table = self.table
+        if len(table) >= limits.max_pending:
+            return Overloaded(f"{len(table)} tasks pending, limit {limits.max_pending}")
+        if table.pending_bytes >= limits.max_pending_bytes:
+            return Overloaded(
+                f"{table.pending_bytes} bytes of pending arguments, limit "
+                f"{limits.max_pending_bytes}"
+            )
+        return None
 
 
 def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
@@ -242,13 +263,14 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
     replays: list[Result] = []
     seen: set[str] = set()
     refusal = request_refusal(d)
+    check_one = Checker(d).check
     now = time.monotonic()
     for index, spec in enumerate(request.tasks):
         if len(accepted) > len(seen):  # ids accepted so far in this request (only the new ones)
             seen.update(accepted[len(seen):])
         if spec.id is not None and spec.id in seen:
             continue  # a repeat of an accepted id inside one request collapses to one
-        err = refusal or check(d, spec)
+        err = refusal or check_one(spec)
         if err is None:  # journal: the id is the idempotency key
             found = d.journal.lookup(spec)
             if isinstance(found, Result):
