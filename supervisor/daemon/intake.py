@@ -18,12 +18,11 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
-import zmq
 
 from supervisor import __version__
 from supervisor.core.tasks import ReplyGroup, Task, digest
 from supervisor.daemon import credit, durability
-from supervisor.daemon.zmqio import has_input
+from supervisor.daemon.zmqio import has_input, recv_frames
 from supervisor.errors import (
     BadRequest,
     IdConflict,
@@ -98,7 +97,7 @@ def on_readable(d: Daemon) -> bool:
     for _ in range(BUDGET):
         if not has_input(sock):
             return False
-        handle(d, sock.recv_multipart(zmq.NOBLOCK))
+        handle(d, recv_frames(sock))
     return has_input(sock)
 
 
