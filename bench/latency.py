@@ -13,8 +13,8 @@ multiprocessing Pipe echo (the supervisor-to-worker hop).
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +34,6 @@ from bench.stats import scaled, summary
 from supervisor.client import Client
 
 WARMUP = 200
-_RAW_CALLS = itertools.count()
 Timed = tuple[list[float], dict[str, float]]  # samples (s), CPU seconds by party
 
 
@@ -97,8 +96,12 @@ def phalanx_raw(d: PhalanxUnderTest, count: int) -> Timed:
     # a daemon that does not know the flag refuses it, and we drop it.
     request = {"op": "submit", "ack": False, "tasks": [{"task": NOOP, "id": "", "args": [0]}]}
 
+    # Ids unique to this call: a repeated id would be answered from the
+    # daemon's result cache without running (a later round would time that).
+    run = os.urandom(4).hex()
+
     def once(i: int) -> None:
-        task_id = f"raw-{i}"
+        task_id = f"raw-{run}-{i}"
         request["tasks"][0].update(id=task_id, args=[i])  # type: ignore[index]
         sock.send(encode(request))
         while True:
@@ -111,13 +114,10 @@ def phalanx_raw(d: PhalanxUnderTest, count: int) -> Timed:
             if msg.get("op") == "results" and any(r.get("id") == task_id for r in msg["results"]):
                 return None
 
-    # Fresh ids on every call: a second round on the same daemon must not
-    # be answered from the result cache or the journal (a resubmitted id is).
-    base = next(_RAW_CALLS) * (WARMUP + count + 1)
     try:
-        _loop(WARMUP, lambda i: once(base + count + i))
+        _loop(WARMUP, lambda i: once(-1 - i))
         with _cpu(d.process(), d.worker_processes()) as cpu:
-            out = _loop(count, lambda i: once(base + i))
+            out = _loop(count, once)
     finally:
         sock.close(linger=0)
         ctx.term()
