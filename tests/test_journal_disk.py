@@ -37,8 +37,8 @@ def _mount(size: str, read_only: bool = False) -> Iterator[Path]:
 
 @pytest.fixture
 def small_disk() -> Iterator[Path]:
-    """A 16 MiB tmpfs; requested before start_daemon, so unmounted after it stops."""
-    yield from _mount("16m")
+    """A 32 MiB tmpfs; requested before start_daemon, so unmounted after it stops."""
+    yield from _mount("32m")
 
 
 @pytest.fixture
@@ -67,9 +67,10 @@ def test_a_full_disk_refuses_new_work_by_name_and_loses_nothing(
 
     min_free_bytes is sized as docs/CONFIGURATION.md says: room for the
     accepted work's bytes twice (the WAL and the checkpoint's copy) and for
-    its results (here as large as the arguments)."""
+    its results, twice too (here as large as the arguments): with less, a
+    disk that fills anyway holds replies until space is freed."""
     d = start_daemon(journal={"path": str(small_disk / "journal.db"),
-                              "min_free_bytes": 11 << 20, "retention_seconds": 0.0})
+                              "min_free_bytes": 24 << 20, "retention_seconds": 0.0})
     peer = d.raw()
     blockers = [f"block{i}" for i in range(2)]
     peer.send_msg({"op": "submit", "tasks": [{"task": SLEEP, "id": b, "args": [2.0]}
@@ -78,7 +79,7 @@ def test_a_full_disk_refuses_new_work_by_name_and_loses_nothing(
     refused: list[dict[str, Any]] = []
     got: dict[str, dict[str, Any]] = {}
     big = "x" * 16_000
-    for i in range(4000):  # 4000 x 16 kB is four times the disk
+    for i in range(8000):  # 8000 x 16 kB is four times the disk
         reply = _ack(peer, got, {"op": "submit", "ack": True, "ref": i, "tasks": [
             {"task": ECHO, "id": f"big{i}", "args": [big]}]})
         accepted += reply["accepted"]
@@ -96,3 +97,14 @@ def test_a_full_disk_refuses_new_work_by_name_and_loses_nothing(
         return bool(reply["accepted"])
 
     wait_until(accepts_again, 30, interval=0.2, message="never accepted work again")
+
+
+def test_a_journal_on_a_read_only_filesystem_stops_start_up_with_exit_4(
+    read_only_disk: Path, start_daemon: StartDaemon
+) -> None:
+    """Read-only for root too: exit 4 and one line naming the directory."""
+    d = start_daemon(wait=False, journal={"path": str(read_only_disk / "journal.db")})
+    d.expected_exit = None
+    assert d.wait_exit(20) == 4
+    lines = d.log.strip().splitlines()
+    assert len(lines) == 1 and "not writable" in lines[0] and str(read_only_disk) in lines[0], lines
