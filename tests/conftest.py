@@ -316,7 +316,7 @@ class Subscription:
 
 
 # ------------------------------------------------------------ state dir
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True, scope="module")
 def _private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A daemon started without a journal path keeps its journal under
     $XDG_STATE_HOME: point that into this test run, never at the user's
