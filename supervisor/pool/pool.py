@@ -17,6 +17,7 @@ run before its worker is killed: TaskError Timeout) and ``max_attempts``.
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 import pickle
 import threading
@@ -68,6 +69,24 @@ def _daemon_died(ref: weakref.ref[Pool], code: int) -> None:
         f"the pool's private phalanxd died ({describe_exit(code)}) before this task finished")
 
 
+def _start_method(context: object) -> str:
+    """The start method multiprocessing.Pool(context=context) would use,
+    without fixing multiprocessing's default as get_start_method() would."""
+    if context is not None:
+        method = getattr(context, "get_start_method", None)
+        if callable(method):
+            return str(method())
+    chosen = multiprocessing.get_start_method(allow_none=True)
+    if chosen is None:  # the platform's default is listed first
+        chosen = multiprocessing.get_all_start_methods()[0]
+    # A daemonic process (a multiprocessing worker) may not fork children
+    # that outlive it the way a daemon does: start a fresh one.
+    if chosen == "fork" and (multiprocessing.current_process().daemon
+                             or not hasattr(os, "pidfd_open")):
+        return "forkserver"
+    return chosen
+
+
 def _shutdown(client: Client, daemon: PrivateDaemon) -> None:
     client.terminate()
     daemon.stop()
@@ -81,8 +100,9 @@ class Pool:
                  initializer: Callable[..., object] | None = None,
                  initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
                  context: object = None) -> None:
-        # ``context`` is accepted for signature compatibility and ignored:
-        # workers always start the daemon's way (forkserver).
+        # ``context`` (or multiprocessing's start method) says how the private
+        # daemon and its workers start: "fork" forks them, as multiprocessing
+        # would; otherwise fresh interpreters (supervisor/pool/private.py).
         if processes is None:
             processes = os.cpu_count() or 1
         if processes < 1:
@@ -101,7 +121,7 @@ class Pool:
         self._main = lane.main_ref()
         self._init = lane.dumps((initializer, tuple(initargs))) if initializer else None
         this = weakref.ref(self)
-        self._daemon = PrivateDaemon(processes, maxtasksperchild,
+        self._daemon = PrivateDaemon(processes, maxtasksperchild, _start_method(context),
                                      on_death=lambda code: _daemon_died(this, code))
         try:
             self._client = Client(self._daemon.intake)
