@@ -81,8 +81,12 @@ def targets(r: dict[str, Any]) -> list[Target]:
 
     seconds("100 MB array to a worker and back vs Pool.apply", ("round_trip_100mb", "phalanx.call"),
             "pool.apply", 0.5)
+    seconds("100 MB array to a worker and back: supervisor.Pool.apply vs Pool.apply",
+            ("round_trip_100mb", "phalanx.pool.apply"), "pool.apply", 0.5)
     seconds("numpy sum over 64 x 2 MiB chunks: map vs Pool.map", ("reduction", "phalanx.map"),
             "pool.map", 1.0)
+    seconds("numpy sum over 64 x 2 MiB chunks: supervisor.Pool.map vs Pool.map",
+            ("reduction", "phalanx.pool.map"), "pool.map", 1.0)
     seconds("numpy sum over 64 x 2 MiB chunks: map vs ProcessPoolExecutor.map",
             ("reduction", "phalanx.map"), "ppe.map", 1.0)
 
