@@ -118,9 +118,11 @@ def run_one(
     except Exception as exc:  # noqa: BLE001 - any error a task raises is its result
         return Done(work.key, False, outcome.exception_failure(exc))
     # numpy arrays go out as extension values, or in shared memory for a
-    # local client (supervisor/payload); the limits below apply either way.
+    # local client, a tuple as a tuple (supervisor/payload); the limits
+    # below apply either way.
+    chunk = bool(work.chunk)
     ok, raw = outcome.encode_result(value, max_result_bytes,
-                                    lambda v: payload.encode_result(v, local))
+                                    lambda v: payload.encode_result(v, local, chunk))
     return Done(work.key, ok, raw)
 
 
