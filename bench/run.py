@@ -6,6 +6,7 @@
                                         +-- numpy arrays: 100 MB round trip, chunked reduction
                                         +-- crash recovery: SIGKILL idle / busy workers
                                         +-- poison task: crash('kill') until WorkerCrashed
+                                        +-- poison storm: 40 of them among 5,000 echoes
     then, without phalanxd: Pool/PPE under the same kills, supervisord's RSS,
     supervisor.Pool (its own private phalanxd) against Pool/PPE/loky (pool.py)
 
@@ -32,7 +33,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import alt_crash, arrays, journal, latency, memory, pool, recovery, report, throughput
+from bench import (
+    alt_crash,
+    arrays,
+    journal,
+    latency,
+    memory,
+    poison_storm,
+    pool,
+    recovery,
+    report,
+    throughput,
+)
 from bench.harness import CONFIG_CHANGES, REPO, WORKERS, PhalanxUnderTest, say
 
 
@@ -130,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             _section(results, "arrays", lambda: arrays.run(d, rounds), d)
             _section(results, "crash_recovery", lambda: recovery.crash_recovery(d, crash_reps, hold), d)
             _section(results, "poison", lambda: recovery.poison(d, poison_reps), d)
+            _section(results, "poison_storm", lambda: poison_storm.run(d), d)
             say("stopping phalanxd")
         say("journal on vs off: three daemons")
         _section(results, "journal", lambda: journal.run(n // 2, rounds, lat_count))
@@ -159,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results, indent=2))
     else:
         print(report.render(results, ts))
+        print(poison_storm.render(results.get("poison_storm", {})))
         print(journal.render(results.get("journal", {})))
     return 1 if failed else 0
 
