@@ -104,7 +104,10 @@ class WorkerHandle:
             # a moment before its exit status exists: the loop would see a
             # death without an exit code. A pidfd is readable only once the
             # status is there (a forkserver sends it after its waitpid).
-            handle.sentinel = handle._pidfd = os.pidfd_open(proc.pid)
+            try:
+                handle.sentinel = handle._pidfd = os.pidfd_open(proc.pid)
+            except OSError:
+                pass  # a kernel without pidfds: the pipe, and maybe no exit code
         handle._running = running
         handle._started = started
         return handle

@@ -279,7 +279,10 @@ class ForkedDaemon:
         self.stdin: IO[bytes] | None = os.fdopen(stdin_w, "wb")
         self.returncode: int | None = None
         self._reap = threading.Lock()
-        self._pidfd = os.pidfd_open(pid)
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except OSError:  # a kernel older than 5.3: wait() polls instead
+            self._pidfd = -1
 
     def poll(self) -> int | None:
         with self._reap:  # one waitpid at a time: two would race for the status
@@ -287,7 +290,8 @@ class ForkedDaemon:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
                 if pid:
                     self.returncode = os.waitstatus_to_exitcode(status)
-                    os.close(self._pidfd)
+                    if self._pidfd >= 0:
+                        os.close(self._pidfd)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -296,6 +300,9 @@ class ForkedDaemon:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired(f"private phalanxd {self.pid}", timeout or 0.0)
+            if self._pidfd < 0:
+                time.sleep(0.01 if left is None else min(left, 0.01))
+                continue
             try:
                 select.select([self._pidfd], [], [], left)  # readable once it has exited
             except (OSError, ValueError):
