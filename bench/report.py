@@ -260,7 +260,7 @@ def render(r: dict[str, Any], ts: list[Target]) -> str:
                       + (f"{po['cold_start_to_first_result_s']['ours'] * 1000:.0f} ms vs "
                          f"{po['cold_start_to_first_result_s']['mp'] * 1000:.0f} ms"
                          if "cold_start_to_first_result_s" in po else "(not measured)")
-                      + "; the seed's CPU-bound map of {po['seed_items']} "
+                      + f"; the seed's CPU-bound map of {po['seed_items']} "
                       f"items, {meta.get('workers')} workers, seconds: "
                       + ", ".join(f"{k} {v:.3f}" for k, v in po["seed_map_s"].items())]
         if po.get("note"):

@@ -235,6 +235,9 @@ def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
         time.sleep(0.005)
 
 
+_WAIT_SLICE = 0.05  # seconds: ForkedDaemon.wait re-checks at least this often
+
+
 class ForkedDaemon:
     """The private daemon as a fork of this process, with the part of
     ``subprocess.Popen`` that PrivateDaemon uses (pid, stdin, poll, wait,
@@ -292,6 +295,7 @@ class ForkedDaemon:
                     self.returncode = os.waitstatus_to_exitcode(status)
                     if self._pidfd >= 0:
                         os.close(self._pidfd)
+                        self._pidfd = -1
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -300,13 +304,17 @@ class ForkedDaemon:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired(f"private phalanxd {self.pid}", timeout or 0.0)
-            if self._pidfd < 0:
-                time.sleep(0.01 if left is None else min(left, 0.01))
+            # In slices: another thread that reaps it closes the pidfd, and
+            # its number may be reused before this select starts.
+            step = _WAIT_SLICE if left is None else min(left, _WAIT_SLICE)
+            fd = self._pidfd
+            if fd < 0:
+                time.sleep(step)
                 continue
             try:
-                select.select([self._pidfd], [], [], left)  # readable once it has exited
+                select.select([fd], [], [], step)  # readable once it has exited
             except (OSError, ValueError):
-                pass  # reaped by the other thread meanwhile: poll() says so
+                pass  # closed by the thread that reaped it: poll() says so
         return code
 
     def kill(self) -> None:
