@@ -18,7 +18,8 @@ never among the task's own keyword arguments, so a task may itself take a
 
 The parts: api.py (the methods above), engine.py (sockets, the window,
 completion; its docstring draws the flow), links.py and heartbeat.py (one
-daemon: pings, silence, re-attachment), window.py (how much work may sit in the daemons),
+daemon: pings, silence, re-attachment), routing.py (several daemons: credit,
+failover), window.py (how much work may sit in the daemons),
 types.py (which values travel), errors.py (what is raised), results.py.
 
 What the client promises: every wait ends, in a result or a named error

@@ -1,7 +1,8 @@
 """The client's I/O: sockets, the submit window, heartbeats, completion.
 
     caller threads                          whoever holds Engine.lock
-    submit/map: encode, -> outq ---------> step(): send batches (window, bytes)
+    submit/map: encode, -> outq ---------> step(): send batches (window, bytes;
+                                             several daemons: credit, routing.py)
                  register sink in pending          receive: results -> sinks
     fut.result(): lock free (client idle)?         heartbeat each daemon,
         yes -> drive(): step + poll itself         re-attach, give up
