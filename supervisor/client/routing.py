@@ -122,6 +122,8 @@ def tend(engine: Engine, now: float) -> float | None:
         if not link.down and link.silent(now, after):
             engine.relink(link)  # a new socket: nothing stale reaches its next run
             requeue(engine, link)
+            engine.send_queued()  # to the others now, not a poll later
+            queued = bool(engine.outq)
         starved = (queued and not link.pings and link.room() <= 0 and not link.down
                    and link.boot is not None)
         if ((busy and now >= link.next_ping) or (link.boot is None and not link.pings)
