@@ -14,6 +14,7 @@ multiprocessing Pipe echo (the supervisor-to-worker hop).
 from __future__ import annotations
 
 import multiprocessing
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -95,8 +96,12 @@ def phalanx_raw(d: PhalanxUnderTest, count: int) -> Timed:
     # a daemon that does not know the flag refuses it, and we drop it.
     request = {"op": "submit", "ack": False, "tasks": [{"task": NOOP, "id": "", "args": [0]}]}
 
+    # Ids unique to this call: a repeated id would be answered from the
+    # daemon's result cache without running (a later round would time that).
+    run = os.urandom(4).hex()
+
     def once(i: int) -> None:
-        task_id = f"raw-{i}"
+        task_id = f"raw-{run}-{i}"
         request["tasks"][0].update(id=task_id, args=[i])  # type: ignore[index]
         sock.send(encode(request))
         while True:

@@ -47,15 +47,17 @@ def _q(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def main() -> int:
-    with PhalanxUnderTest() as d, Client(d.intake) as client:
+def run(d: PhalanxUnderTest) -> dict[str, object]:
+    """The clean run and the mix on daemon ``d``, after a warm-up."""
+    with Client(d.intake) as client:
         client.ping()
+        say(f"poison storm: {HEALTHY:,} echoes, then the same with {POISON} crash('kill') among them")
         _run(client, poison=False)  # warm-up
         clean, clean_total, _ = _run(client, poison=False)
         mix, mix_total, outcomes = _run(client, poison=True)
         status = d.ctl.status()
-    out = {
-        "healthy_tasks": HEALTHY, "poison_tasks": POISON, "workers": 2,
+    return {
+        "healthy_tasks": HEALTHY, "poison_tasks": POISON, "workers": len(status),
         "clean_total_s": round(clean_total, 3), "mix_total_s": round(mix_total, 3),
         "healthy_wait_ms": {
             "clean": {"p50": _q(clean, 0.5) * 1e3, "p99": _q(clean, 0.99) * 1e3},
@@ -64,11 +66,30 @@ def main() -> int:
         "extra_wait_ms": {"p50": (_q(mix, 0.5) - _q(clean, 0.5)) * 1e3,
                           "p99": (_q(mix, 0.99) - _q(clean, 0.99)) * 1e3},
         "poison_outcomes": outcomes,
+        "all_poison_crashed": outcomes == {"WorkerCrashed": POISON},
         "slot_states_after": [s["state"] for s in status],
     }
+
+
+def render(r: dict[str, object]) -> str:
+    """The section's lines for the report."""
+    if not r or "error" in r:
+        return ""
+    w: dict[str, dict[str, float]] = r["healthy_wait_ms"]  # type: ignore[assignment]
+    x: dict[str, float] = r["extra_wait_ms"]  # type: ignore[assignment]
+    return (f"\nPoison storm: {r['poison_tasks']} crash('kill') among {r['healthy_tasks']:,} echoes on "
+            f"{r['workers']} workers: total {r['mix_total_s']:.2f} s against {r['clean_total_s']:.2f} s "
+            f"clean; healthy tasks' wait p50 {w['mix']['p50']:.0f} ms (clean {w['clean']['p50']:.0f}), "
+            f"extra p50 {x['p50']:.0f} ms, p99 {x['p99']:.0f} ms; poison ended {r['poison_outcomes']}; "
+            f"slots after: {', '.join(map(str, r['slot_states_after']))}")  # type: ignore[call-overload]
+
+
+def main() -> int:
+    with PhalanxUnderTest() as d:
+        out = run(d)
     say(json.dumps(out, indent=1))
     print(json.dumps(out))
-    return 0 if outcomes == {"WorkerCrashed": POISON} else 1
+    return 0 if out["all_poison_crashed"] else 1
 
 
 if __name__ == "__main__":

@@ -64,6 +64,17 @@ def targets(r: dict[str, Any]) -> list[Target]:
                               "pool.apply", ratio, "ratio <= 1.0 (no slower)",
                               None if ratio is None else ratio <= 1.0, "us"))
 
+    # Issue 14's figure: phalanxd's CPU per lone round trip (bare DEALER),
+    # beside the floor of its two hops measured in the same run: the CPU of
+    # a ZeroMQ ipc echo process plus a multiprocessing Pipe echo process.
+    cpu = _get(r, "latency", "phalanx.raw_dealer", "cpu_us_per_round_trip", "daemon")
+    zf = _get(r, "latency", "floor.zmq_echo", "cpu_us_per_round_trip", "workers")
+    pf = _get(r, "latency", "floor.pipe_echo", "cpu_us_per_round_trip", "workers")
+    floor = None if zf is None or pf is None else zf + pf
+    out.append(Target("phalanxd CPU per lone round trip (bare DEALER) vs its hops' echo floor",
+                      cpu, floor, "zmq echo + pipe echo CPU", _ratio(cpu, floor), "<= 60 us",
+                      None if cpu is None else cpu <= 60, "us"))
+
     def absolute(name: str, path: tuple[str, ...], limit: float, alt: float | None = None,
                  alt_label: str = "") -> None:
         ours = _get(r, *path)

@@ -6,6 +6,7 @@
                                         +-- numpy arrays: 100 MB round trip, chunked reduction
                                         +-- crash recovery: SIGKILL idle / busy workers
                                         +-- poison task: crash('kill') until WorkerCrashed
+                                        +-- poison storm: 40 of them among 5,000 echoes
     then: journal on/off (three daemons), many hosts (bench/fleet.py: three
     1-worker daemons vs one 3-worker daemon, kills), and, without phalanxd:
     Pool/PPE under the same kills, supervisord's RSS,
@@ -41,6 +42,7 @@ from bench import (
     journal,
     latency,
     memory,
+    poison_storm,
     pool,
     recovery,
     report,
@@ -143,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             _section(results, "arrays", lambda: arrays.run(d, rounds), d)
             _section(results, "crash_recovery", lambda: recovery.crash_recovery(d, crash_reps, hold), d)
             _section(results, "poison", lambda: recovery.poison(d, poison_reps), d)
+            _section(results, "poison_storm", lambda: poison_storm.run(d), d)
             say("stopping phalanxd")
         say("journal on vs off: three daemons")
         _section(results, "journal", lambda: journal.run(n // 2, rounds, lat_count))
@@ -174,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results, indent=2))
     else:
         print(report.render(results, ts))
+        print(poison_storm.render(results.get("poison_storm", {})))
         print(journal.render(results.get("journal", {})))
         print(fleet.render(results.get("fleet", {})))
     return 1 if failed else 0

@@ -199,3 +199,34 @@ def test_a_lone_future_waited_on_from_many_threads(client: Client) -> None:
     for t in threads:
         t.join(30)
     assert out == {k: k for k in out} and len(out) == 200
+
+
+# ------------------------------------------------------------ broken I/O
+def test_a_bug_inside_the_clients_io_fails_every_future_loudly(
+        daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The safety net for the client's own bugs: an unexpected exception
+    while handling results (injected here, standing in for any bug) fails
+    every pending future with ClientBroken naming the cause, later calls
+    raise it at once, and terminate() does not hang. Never a silent hang."""
+    from supervisor.client import ClientBroken
+    from supervisor.client import results as client_results
+
+    def bug(engine: object, results: object) -> None:
+        raise RuntimeError("injected bug in result handling")
+
+    monkeypatch.setattr(client_results, "on_results", bug)
+    c = Client(daemon.intake)
+    try:
+        futures = [c.submit(ECHO, i) for i in range(5)]
+        for fut in futures:
+            err = fut.exception(timeout=30)
+            assert isinstance(err, ClientBroken), err
+            assert "injected bug" in str(err)
+            assert isinstance(err.__cause__, RuntimeError)
+        with pytest.raises(ClientBroken):
+            c.submit(ECHO, 1)
+    finally:
+        closed = threading.Event()
+        closer = threading.Thread(target=lambda: (c.terminate(), closed.set()), daemon=True)
+        closer.start()
+        assert closed.wait(10), "terminate() hung on a broken client"

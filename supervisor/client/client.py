@@ -212,7 +212,7 @@ class Client(Api):
         broken = self._engine.broken
         if broken is not None:
             raise ClientBroken("ClientBroken", f"client I/O failed: {broken!r}") from broken
-        if self._closing or not self._engine.thread.is_alive():
+        if self._closing or self._engine.stop:  # stop: the I/O thread ended, however
             raise RuntimeError("client is closed")
 
     # ---------------------------------------------------------- submission
@@ -233,7 +233,7 @@ class Client(Api):
         args, kwargs = self._payload.prepare(args, kwargs, False)  # numpy: big ones to shm
         shared = self._payload.segments != made
         body = self._encode(TaskOut(name, task_id, args, kwargs, *opts))
-        fut = AsyncResult(self._engine, f"task {task_id} ({name})")
+        fut = AsyncResult(self._engine, name)
         fut.task_id = task_id
         if on_done is not None:  # before it is sent: then it always runs on the I/O thread
             fut.add_done_callback(on_done)

@@ -177,7 +177,11 @@ class Engine:
                     if left <= 0:
                         break
                     wait = min(wait, left) if wait is not None else left
-                readable = self._poll(DRIVE_SLICE if wait is None else min(wait, DRIVE_SLICE))
+                try:
+                    readable = self._poll(DRIVE_SLICE if wait is None else min(wait, DRIVE_SLICE))
+                except BaseException as exc:  # noqa: BLE001 - as in _guarded_step: ClientBroken
+                    self._break(exc)
+                    break
                 wait = self._guarded_step(readable)
                 if fut._state in DONE_STATES:
                     break

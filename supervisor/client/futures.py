@@ -36,7 +36,7 @@ class AsyncResult(Future[Any]):
     def __init__(self, engine: Engine | None = None, what: str = "task") -> None:
         # no super().__init__: see above
         self._engine = engine  # lets result() receive on the socket itself
-        self._what = what  # named in TimeoutError messages
+        self._what = what  # named in TimeoutError messages (with task_id if set)
         self._state = "PENDING"
         self._result: Any = None
         self._exception: BaseException | None = None
@@ -133,7 +133,8 @@ class AsyncResult(Future[Any]):
         try:
             super().exception(left)  # waits; raises CancelledError if cancelled
         except TimeoutError:
-            raise TimeoutError(f"{self._what} did not finish within {timeout}s "
+            what = self._what if self.task_id is None else f"task {self.task_id} ({self._what})"
+            raise TimeoutError(f"{what} did not finish within {timeout}s "
                                "(the task may still run; the future stays usable)") from None
 
     def done(self) -> bool:

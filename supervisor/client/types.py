@@ -44,8 +44,8 @@ from supervisor.client.wire import TaskOut
 _SCALARS: frozenset[type] = frozenset({type(None), bool, int, float, str, bytes})
 _KEYS: frozenset[type] = frozenset({str, int, bytes})
 # Top-level arguments that need no walk: scalars, and the token a local
-# client appends to every task (supervisor/payload), checked by class.
-_FLAT: frozenset[type] = _SCALARS | {payload.LocalToken}
+# client appends to every task (payload.LOCAL_WIRE: MessagePack already).
+_FLAT: frozenset[type] = _SCALARS | {msgspec.Raw}
 SUPPORTED = ("None, bool, int, float, str, bytes, list, dict (str/int/bytes keys), "
              "timezone-aware datetime")
 
@@ -164,7 +164,7 @@ def encode_task(task: TaskOut) -> bytes:
 def encode_chunk(task: TaskOut) -> bytes:
     """A chunk's args are a list of argument tuples (the envelope)."""
     for n, item in enumerate(task.args):
-        if payload.travels(item):  # the local-client token after the last item
+        if item.__class__ is msgspec.Raw:  # the local-client token after the last item
             continue
         for i, arg in enumerate(item):
             if type(arg) not in _SCALARS:

@@ -108,7 +108,8 @@ class TaskTable:
         self.queue: deque[Task] = deque()
         self._keys = itertools.count(1)
         # id -> (result, digest of the task's name and arguments)
-        self._cache: OrderedDict[str, tuple[Result, bytes]] = OrderedDict()
+        # id -> (result, digest of the task, bytes the result holds)
+        self._cache: OrderedDict[str, tuple[Result, bytes, int]] = OrderedDict()
         self._cache_size = result_cache
         self._cache_bytes_limit = cache_bytes
         self.cache_bytes = 0
@@ -146,8 +147,8 @@ class TaskTable:
         cache = self._cache
         while cache and (len(cache) > self._cache_size
                          or self.cache_bytes > self._cache_bytes_limit):
-            _, (old, _) = cache.popitem(last=False)
-            self.cache_bytes -= result_bytes(old)
+            _, (_, _, nbytes) = cache.popitem(last=False)
+            self.cache_bytes -= nbytes
 
     def cached_result(self, task_id: str) -> Result | None:
         entry = self._cache.get(task_id)
@@ -155,7 +156,8 @@ class TaskTable:
 
     def cached(self, task_id: str) -> tuple[Result, bytes] | None:
         """The remembered result of ``task_id`` and its task's digest."""
-        return self._cache.get(task_id)
+        entry = self._cache.get(task_id)
+        return None if entry is None else (entry[0], entry[1])
 
     def assign(self, slot: AnySlot, n: int) -> list[Task]:
         """Move up to ``n`` queued tasks onto ``slot``; return them."""
@@ -183,10 +185,12 @@ class TaskTable:
             cache = self._cache
             previous = cache.pop(task.id, None)
             if previous is not None:
-                self.cache_bytes -= result_bytes(previous[0])
-            cache[task.id] = (result, task.digest)
-            self.cache_bytes += result_bytes(result)
-            self._trim_cache()
+                self.cache_bytes -= previous[2]
+            nbytes = result_bytes(result)
+            cache[task.id] = (result, task.digest, nbytes)
+            self.cache_bytes += nbytes
+            if len(cache) > self._cache_size or self.cache_bytes > self._cache_bytes_limit:
+                self._trim_cache()
 
     def charge_death(self, slot: AnySlot, running_key: int | None = None) -> Task | None:
         """A slot's worker died: charge its running task, requeue the rest.

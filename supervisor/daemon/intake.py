@@ -18,28 +18,20 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
-import zmq
 
 from supervisor import __version__
 from supervisor.core.tasks import ReplyGroup, Task, digest
-from supervisor.daemon import credit, durability
-from supervisor.daemon.zmqio import has_input
+from supervisor.daemon import admission, credit, durability
+from supervisor.daemon.zmqio import has_input, recv_frames
 from supervisor.errors import (
     BadRequest,
     IdConflict,
-    LimitExceeded,
-    NotAllowed,
-    Overloaded,
-    Paused,
     RequestError,
-    ShuttingDown,
     TooLarge,
-    UnknownTask,
 )
 from supervisor.protocol import (
     NO_ARGS,
     NO_KWARGS,
-    PICKLE_TASK,
     PROTOCOL_VERSION,
     Ack,
     ErrorReply,
@@ -51,12 +43,9 @@ from supervisor.protocol import (
     Result,
     Results,
     Submit,
-    TaskIn,
     encoder,
     error_raw,
     intake_decoder,
-    is_array,
-    is_map,
 )
 
 if TYPE_CHECKING:
@@ -98,7 +87,7 @@ def on_readable(d: Daemon) -> bool:
     for _ in range(BUDGET):
         if not has_input(sock):
             return False
-        handle(d, sock.recv_multipart(zmq.NOBLOCK))
+        handle(d, recv_frames(sock))
     return has_input(sock)
 
 
@@ -158,79 +147,11 @@ def _refuse(d: Daemon, route: bytes, req: bool, err: RequestError, body: bytes =
                 UnicodeDecodeError):
             pass
     _count_refusal(err, ref)
-    d.counters.refused(err.type)
     # held like every reply, so replies leave in the order of requests
     d.journal.hold(route, encoder.encode(ErrorReply(error_raw(err.type, err.message), ref)), req)
 
 
 _ref_decoder = msgspec.msgpack.Decoder(RefOnly)
-
-
-def request_refusal(d: Daemon) -> RequestError | None:
-    """Why no task of any request would be accepted right now, if so."""
-    if d.draining:
-        return ShuttingDown("daemon is shutting down; submit to another instance")
-    if d.paused:
-        return Paused("intake is paused by the operator")
-    return None
-
-
-def name_refusal(d: Daemon, name: str) -> RequestError | None:
-    if name == PICKLE_TASK:
-        if d.cfg.tasks.accept_pickle:
-            return None  # a private Pool's daemon, before its workers said hello
-        return NotAllowed(
-            "pickled tasks are accepted only by a private supervisor.Pool's own daemon; "
-            "this daemon runs MessagePack tasks from tasks.allow"
-        )
-    module, sep, fn = name.partition(":")
-    if not sep or not module or not fn:
-        return BadRequest(f"task name {name!r} is not 'module:function'")
-    if module not in d.pool.allow:
-        return NotAllowed(f"module {module!r} is not in tasks.allow")
-    if d.pool.known_tasks:  # once a worker has listed what it can run
-        why = d.pool.import_errors.get(module)
-        if why:
-            return UnknownTask(f"no task named {name!r}: module {module!r} failed to import "
-                               f"in the workers: {why}")
-        return UnknownTask(f"no task named {name!r}")
-    return None
-
-
-def check(d: Daemon, spec: TaskIn) -> RequestError | None:
-    """The RequestError that refuses this task, or None (hot path: no raise)."""
-    name = spec.task
-    if name not in d.pool.known_tasks:
-        err = name_refusal(d, name)
-        if err is not None:
-            return err
-    if spec.id is not None and len(spec.id) * 4 > d.cfg.tasks.max_id_bytes and len(
-            spec.id.encode()) > d.cfg.tasks.max_id_bytes:
-        return BadRequest(f"task id is longer than {d.cfg.tasks.max_id_bytes} bytes")
-    if spec.args and not is_array(spec.args):
-        return BadRequest("args must be an array")
-    if spec.kwargs and not is_map(spec.kwargs):
-        return BadRequest("kwargs must be a map")
-    if spec.timeout is not None and not spec.timeout >= 0:
-        return BadRequest("timeout must be a number >= 0")
-    if spec.max_attempts is not None and spec.max_attempts < 1:
-        return BadRequest("max_attempts must be >= 1")
-    if spec.soft_timeout is not None and not spec.soft_timeout >= 0:
-        return BadRequest("soft_timeout must be a number >= 0")
-    table = d.pool.table
-    limits = d.cfg.tasks
-    if spec.max_attempts is not None and spec.max_attempts > limits.max_attempts_limit:
-        return LimitExceeded(
-            f"max_attempts {spec.max_attempts} is over tasks.max_attempts_limit "
-            f"({limits.max_attempts_limit})"
-        )
-    if len(table) >= limits.max_pending:
-        return Overloaded(f"{len(table)} tasks pending, limit {limits.max_pending}")
-    if table.pending_bytes >= limits.max_pending_bytes:
-        return Overloaded(
-            f"{table.pending_bytes} bytes of pending arguments, limit {limits.max_pending_bytes}"
-        )
-    return None
 
 
 def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
@@ -241,14 +162,15 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
     group = ReplyGroup(route) if req else None
     replays: list[Result] = []
     seen: set[str] = set()
-    refusal = request_refusal(d)
+    refusal = admission.request_refusal(d)
+    check_one = admission.Checker(d).check
     now = time.monotonic()
     for index, spec in enumerate(request.tasks):
         if len(accepted) > len(seen):  # ids accepted so far in this request (only the new ones)
             seen.update(accepted[len(seen):])
         if spec.id is not None and spec.id in seen:
             continue  # a repeat of an accepted id inside one request collapses to one
-        err = refusal or check(d, spec)
+        err = refusal or check_one(spec)
         if err is None:  # journal: the id is the idempotency key
             found = d.journal.lookup(spec)
             if isinstance(found, Result):

@@ -16,6 +16,7 @@ from supervisor.core.tasks import ReplyGroup, Task, result_bytes
 from supervisor.daemon import intake
 from supervisor.daemon.loop import EventLoop
 from supervisor.daemon.publisher import Publisher
+from supervisor.daemon.zmqio import send_frames
 from supervisor.protocol import Result, Results, encoder
 
 log = structlog.get_logger("phalanxd")
@@ -64,7 +65,7 @@ class Outbox:
         frames = (route, b"", body) if req else (route, body)
         self.loop.sent_on(self.intake)  # a send may consume the ZMQ_FD edge
         try:
-            self.intake.send_multipart(frames, zmq.NOBLOCK, copy=len(body) < 65536)
+            send_frames(self.intake, frames, len(body) < 65536)
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the client is gone; EAGAIN: it stopped reading.
             # Either way the result is still published.

@@ -19,7 +19,7 @@ from typing import Any
 
 import zmq
 
-from supervisor.daemon.zmqio import has_input
+from supervisor.daemon.zmqio import has_input, send_frames
 from supervisor.protocol import PublishedResults, Result, encoder
 
 # What a subscriber that stops reading can cost us. libzmq queues up to
@@ -87,7 +87,7 @@ class Publisher:
     def _send(self, topic: bytes, body: bytes) -> None:
         self.touched = True  # a send may consume the ZMQ_FD edge: re-check
         try:
-            self.sock.send_multipart((topic, body), zmq.NOBLOCK, copy=len(body) < 65536)
+            send_frames(self.sock, (topic, body), len(body) < 65536)
             self.sent += 1
         except zmq.Again:
             self.dropped += 1

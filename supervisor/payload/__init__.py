@@ -56,6 +56,9 @@ class LocalToken:
 
 
 LOCAL = LocalToken()
+# The token as a client sends it: encoded once, copied verbatim into every
+# task (through the encoder's enc_hook it cost a Python call per task).
+LOCAL_WIRE = msgspec.Raw(msgspec.msgpack.encode(Ext(layout.LOCAL, b"")))
 
 
 class ShmArg:
@@ -240,7 +243,7 @@ class ClientPayload:
                     if v.__class__ is nd:
                         kwargs = {k: self._route(v, nd) for k, v in kwargs.items()}
                         break
-        return ([*args, LOCAL] if self.local else args), kwargs
+        return ([*args, LOCAL_WIRE] if self.local else args), kwargs
 
     def _route(self, obj: Any, nd: Any) -> Any:
         if obj.__class__ is not nd or not obj.ndim:

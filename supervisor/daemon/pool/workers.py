@@ -20,7 +20,7 @@ from supervisor.core.tasks import Task, plan
 from supervisor.daemon.pool.interfaces import PipeBroken
 from supervisor.daemon.pool.state import PoolState, WorkerSlot
 from supervisor.daemon.zmqio import POLLERR, POLLIN, POLLOUT
-from supervisor.protocol import Batch, Hello, Result, encoder, error_raw, worker_decoder
+from supervisor.protocol import Batch, Done, Hello, Result, encoder, error_raw, worker_decoder
 
 log = structlog.get_logger("phalanxd")
 S = SlotState
@@ -105,17 +105,25 @@ class WorkerIO:
             self.pipe_broken(slot, str(exc))
             return
         now = time.monotonic()
+        # A worker sends each result as its own message; the results of one
+        # read are accounted as one batch (one estimate, one count per name).
+        done: list[Done] = []
         for frame in frames:
             try:
                 msg = worker_decoder.decode(frame)
             except Exception as exc:  # noqa: BLE001 - garbage on the pipe: the worker is unusable
-                self.pipe_broken(slot, f"undecodable message: {exc}")
+                if not done or self._on_results(slot, done, now):
+                    self.pipe_broken(slot, f"undecodable message: {exc}")
                 return
             if isinstance(msg, Batch):
-                if not self._on_results(slot, msg, now):
-                    return
+                done.extend(msg.done)
             elif isinstance(msg, Hello):
+                if done and not self._on_results(slot, done, now):
+                    return
+                done = []
                 self._on_hello(slot, msg, now)
+        if done:
+            self._on_results(slot, done, now)
 
     def pipe_broken(self, slot: WorkerSlot, why: str) -> None:
         """The pipe is at EOF or carried garbage; the sentinel reports the death.
@@ -160,10 +168,9 @@ class WorkerIO:
         if all(x.state is S.RUNNING for x in s.slots):
             s.events.all_running()
 
-    def _on_results(self, slot: WorkerSlot, batch: Batch, now: float) -> bool:
+    def _on_results(self, slot: WorkerSlot, done: list[Done], now: float) -> bool:
         s = self.s
         inflight = slot.inflight
-        done = batch.done
         if len(done) > len(inflight):
             self.pipe_broken(slot, "more results than tasks held")
             return False
