@@ -160,6 +160,9 @@ class RawPeer:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.sock = self.ctx.socket(kind)
         self.sock.setsockopt(zmq.LINGER, 0)
+        # Bounded: a DEALER with no usable connection (a refused CURVE
+        # handshake, say) blocks in send; zmq.Again after 10 s instead.
+        self.sock.setsockopt(zmq.SNDTIMEO, 10_000)
         self.sock.connect(endpoint)
 
     def send(self, *frames: bytes) -> None:

@@ -2,57 +2,50 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 import zmq
 
 from supervisor.daemon.loop import EventLoop
+from supervisor.daemon.zmqio import has_input
 
 
-class QueueSocket:
-    """Stands in for a ZeroMQ socket as the loop sees it: a ZMQ_FD to poll
-    and ZMQ_EVENTS telling whether a message waits."""
-
-    def __init__(self) -> None:
-        self.r, self.w = os.pipe()
-        self.queue: list[Any] = []
-
-    def getsockopt(self, opt: int) -> int:
-        if opt == zmq.FD:
-            return self.r
-        return int(zmq.POLLIN) if self.queue else 0
-
-    def close(self) -> None:
-        os.close(self.r)
-        os.close(self.w)
-
-
-def test_requests_read_while_rechecking_get_a_turn_before_the_loop_waits() -> None:
+def test_requests_read_while_rechecking_get_a_turn_before_the_loop_waits(tmp_path: Any) -> None:
     """A send can disarm a socket's edge-triggered ZMQ_FD while a request
     arrives; the loop re-checks such sockets after the turn, and what it
-    reads then must get a turn at once, not wait for the next timer."""
+    reads then must get a turn at once, not wait for the next timer.
+
+    Real sockets: a ROUTER the loop watches and a DEALER peer. The first
+    turn has the peer send a request and marks the ROUTER as sent on (as a
+    reply would); the recheck reads the request, and the loop must turn
+    again without asking how long to wait (a lost wake-up waited here)."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    peer = ctx.socket(zmq.DEALER)
+    endpoint = f"ipc://{tmp_path}/loop.sock"
+    router.bind(endpoint)
+    peer.connect(endpoint)
     loop = EventLoop()
-    sock = QueueSocket()
-    drained: list[Any] = []
-    turns: list[list[Any]] = []
+    drained: list[bytes] = []
+    turns: list[list[bytes]] = []
     waits = 0
 
     def drain() -> bool:
-        try:
-            os.read(sock.r, 64)  # reading ZMQ_EVENTS re-arms ZMQ_FD
-        except BlockingIOError:
-            pass
-        drained.extend(sock.queue)
-        sock.queue.clear()
+        while has_input(router):
+            drained.append(router.recv_multipart(zmq.NOBLOCK)[1])
         return False
 
     def turn(now: float) -> None:
         turns.append(list(drained))
         if len(turns) == 1:
-            sock.queue.append("request")  # arrives while we send a reply...
-            loop.sent_on(sock)  # type: ignore[arg-type]  # ...which consumed the edge
+            peer.send(b"request")  # arrives while we send a reply...
+            # ...which may consume the edge; wait until it is queued for us
+            # (bounded), so the recheck below is what must find it.
+            deadline = time.monotonic() + 10
+            while not router.poll(0, zmq.POLLIN) and time.monotonic() < deadline:
+                time.sleep(0.001)
+            loop.sent_on(router)
         else:
             loop.stopped = True
 
@@ -63,14 +56,15 @@ def test_requests_read_while_rechecking_get_a_turn_before_the_loop_waits() -> No
         return now + 60.0  # a lost wake-up would wait here (the test would time out)
 
     try:
-        os.set_blocking(sock.r, False)
-        loop.watch_zmq(sock, drain)  # type: ignore[arg-type]
-        os.write(sock.w, b"x")  # the first poll returns at once
+        peer.send(b"first")  # the first poll returns for it
+        loop.watch_zmq(router, drain)
         loop.run(turn, wake_by)
     finally:
         loop.close()
-        sock.close()
-    assert turns == [[], ["request"]]
+        peer.close(linger=0)
+        router.close(linger=0)
+        ctx.term()
+    assert turns[-1][-1:] == [b"request"], turns
     assert waits == 0, "the loop waited before giving the request a turn"
 
 
