@@ -133,3 +133,17 @@ def test_with_no_daemon_answering_pending_tasks_fail_with_a_named_error() -> Non
         with pytest.raises(DaemonUnreachable) as info:
             fut.result(30)
     assert "no daemon answered" in str(info.value)
+
+
+def test_tasks_a_paused_daemon_refuses_go_to_another_one(start_daemon: StartDaemon) -> None:
+    """The client still counts on a daemon's last credit when the operator
+    pauses it: the daemon refuses our batch (Paused), and with another
+    daemon taking work the tasks go there instead of failing."""
+    paused, other = (on_host(start_daemon, h, 2) for h in HOSTS[:2])
+    with Client([paused.intake, other.intake], dead_after=DEAD_AFTER) as c:
+        wait_until(lambda: c.ping() and all(v["alive"] and v["room"] for v in c.daemons()),
+                   10, interval=0.05, message=lambda: f"daemons never answered: {c.daemons()}")
+        paused.call("pause")  # the client is idle: it has not heard of this
+        assert c.map(SLEEP, [0.01] * 20, timeout=60) == [0.01] * 20
+        assert view(c, paused)["sent"] > 0 and c.resubmitted > 0, c.daemons()
+    assert succeeded(paused) == 0 and succeeded(other) == 20
