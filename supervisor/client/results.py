@@ -29,8 +29,8 @@ _events = zmq.backend.Socket.get
 
 SHUTTING_DOWN = "ShuttingDown"
 # Refusals that mean "not here, not now": with several daemons the task
-# goes to another one (routing.elsewhere). One daemon: draining is still
-# moved (there is none to move to: it fails), a pause is the task's error.
+# goes to another one that takes work (routing.elsewhere); with one, or
+# none other taking work, the refusal is the task's error.
 NOT_HERE = frozenset({SHUTTING_DOWN, "Paused"})
 
 
