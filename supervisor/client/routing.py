@@ -15,7 +15,8 @@ a single daemon costs exactly what it did.
     silent for dead_after ---> dead: its tasks back to the front of the
                                queue, same ids, same bytes; a new socket
     answers again / new boot > alive; gets work again after its pong
-    none alive for unreachable_after > pending tasks fail (DaemonUnreachable)
+    none alive with capacity for unreachable_after
+                          --> pending tasks fail (DaemonUnreachable)
 
 Why the queue rather than handing a dead daemon's tasks to one chosen
 survivor: they then go where there is room, like any other task, so a
@@ -29,13 +30,12 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from supervisor.client.errors import DaemonUnreachable
-from supervisor.client.heartbeat import reattach
+from supervisor.client.heartbeat import MAX_BATCH, reattach
 from supervisor.client.links import RESTARTED, Link
 
 if TYPE_CHECKING:
     from supervisor.client.engine import Engine
 
-MAX_BATCH = 1024  # tasks per message (as heartbeat.MAX_BATCH)
 HEARTBEAT = 1.0  # at most this between pings, while we have work
 DEAD_AFTER = 3.0  # default seconds of silence before a daemon is dead to us
 # A link out of room while tasks wait is pinged again at most this often:
