@@ -128,6 +128,21 @@ def targets(r: dict[str, Any]) -> list[Target]:
         pool_ratio(f"Seed CPU-bound map: Pool.map vs {label}", seed.get("phalanx.pool"),
                    seed.get(alt_key), label, 1.25)
 
+    for kind, label in (("sleep5ms", "sleep(5 ms)"), ("noop", "no-op")):
+        ours = _get(r, "fleet", "throughput", kind, "best", "three_by_one")
+        alt = _get(r, "fleet", "throughput", kind, "best", "one_by_three")
+        ratio = _ratio(ours, alt)
+        out.append(Target(f"Many hosts, {label}: 3 daemons x 1 worker vs 1 daemon x 3",
+                          ours, alt, "1 daemon x 3 workers", ratio, "ratio >= 0.9",
+                          None if ratio is None else ratio >= 0.9, "tasks/s"))
+    ours = _get(r, "fleet", "failover", "kill_to_running_elsewhere_ms", "p50")
+    dead = _get(r, "fleet", "failover", "dead_after_s")
+    alt = None if dead is None else 2000 * dead
+    ratio = _ratio(ours, alt)
+    out.append(Target("Many hosts: daemon SIGKILLed -> its task running elsewhere, p50", ours,
+                      alt, "2 x dead_after", ratio, "ratio < 1",
+                      None if ratio is None else ratio < 1, "ms"))
+
     alt = _get(r, "memory", "supervisord", "process", "rss")
     source = _get(r, "memory", "supervisord", "source") or "?"
     for key, when in (("phalanx_after_throughput", "after throughput"), ("phalanx_at_ready", "idle at ready")):
