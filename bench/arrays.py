@@ -2,9 +2,12 @@
 
     round_trip_100mb  one 100 MB float64 array to a worker and back
                       (workers.arrays:roundtrip): Phalanx over its ipc intake
-                      (shared memory) vs Pool.apply (pickle through pipes)
+                      (shared memory), and supervisor.Pool.apply (a private
+                      pool: pickle with the array out of band, in shared
+                      memory), vs Pool.apply (pickle through pipes)
     reduction         np.sum over 64 chunks of 2 MiB, results summed:
-                      Client.map vs Pool.map vs ProcessPoolExecutor.map
+                      Client.map and supervisor.Pool.map vs Pool.map vs
+                      ProcessPoolExecutor.map
     inline_8mb        an 8 MB array both ways with shared memory turned off
                       (PHALANX_SHM=0: what a remote client pays, the
                       array inside the MessagePack message) vs the same
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from bench.harness import WORKERS, PhalanxUnderTest, say
+from supervisor import Pool
 from supervisor.client import Client
 from workers import arrays
 
@@ -80,11 +84,13 @@ def run(d: PhalanxUnderTest, rounds: int) -> dict[str, Any]:
     shm_client, inline_client = _client(d, True), _client(d, False)
     pool = multiprocessing.Pool(WORKERS)
     ppe = ProcessPoolExecutor(WORKERS)
+    ours = Pool(WORKERS)
     try:
         # Warm up every contender once (imports, first mappings).
         shm_client.call("workers.arrays:total", small)
         inline_client.call("workers.arrays:total", small)
         pool.apply(arrays.total, (small,))
+        ours.map(arrays.total, [small] * WORKERS * 2, chunksize=1)
         ppe.submit(arrays.total, small).result()
 
         def same(x: Any, ref: Any = big) -> bool:
@@ -97,6 +103,8 @@ def run(d: PhalanxUnderTest, rounds: int) -> dict[str, Any]:
         out["round_trip_100mb"] = _rounds({
             "phalanx.call": lambda: _timed(
                 lambda: shm_client.call("workers.arrays:roundtrip", big), same, "phalanx"),
+            "phalanx.pool.apply": lambda: _timed(
+                lambda: ours.apply(arrays.roundtrip, (big,)), same, "phalanx pool"),
             "pool.apply": lambda: _timed(
                 lambda: pool.apply(arrays.roundtrip, (big,)), same, "pool"),
         }, rounds, "array 100 MB")
@@ -105,6 +113,8 @@ def run(d: PhalanxUnderTest, rounds: int) -> dict[str, Any]:
                 lambda: shm_client.map("workers.arrays:total", chunks), near, "phalanx"),
             "phalanx.map.inline": lambda: _timed(
                 lambda: inline_client.map("workers.arrays:total", chunks), near, "inline"),
+            "phalanx.pool.map": lambda: _timed(
+                lambda: ours.map(arrays.total, chunks), near, "phalanx pool"),
             "pool.map": lambda: _timed(lambda: pool.map(arrays.total, chunks), near, "pool"),
             "ppe.map": lambda: _timed(lambda: list(ppe.map(arrays.total, chunks)), near, "ppe"),
         }, rounds, "reduction")
@@ -131,4 +141,5 @@ def run(d: PhalanxUnderTest, rounds: int) -> dict[str, Any]:
         inline_client.terminate()
         pool.terminate()
         pool.join()
+        ours.terminate()
         ppe.shutdown(cancel_futures=True)

@@ -1,7 +1,10 @@
 """supervisor.Pool against multiprocessing.Pool, ProcessPoolExecutor and loky.
 
     start:  Pool(4) constructed -> first apply() result, vs multiprocessing.Pool(4)
-            (the platform's default start method, as a user gets it)
+            (the platform's default start method, as a user gets it), twice:
+            warm (in this process, which has made pools before: the daemon's
+            code is imported) and cold (the first pool of a fresh process,
+            timed from after ``import supervisor`` / ``import multiprocessing``)
     seed:   the seed's CPU-bound function over a list (map), WORKERS processes
             each, pool start-up excluded: Pool.map, multiprocessing.Pool.map,
             ProcessPoolExecutor.map (same chunksize) and loky's reusable
@@ -16,12 +19,14 @@ from __future__ import annotations
 
 import multiprocessing
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from bench.harness import WORKERS, say
+from bench.harness import REPO, WORKERS, say
 from bench.tasks import cpu, noop
 from supervisor import Pool
 
@@ -49,6 +54,26 @@ def _start_mp() -> float:
     return took
 
 
+_COLD = """
+import time
+from bench.tasks import noop
+import {module} as m
+t = time.perf_counter()
+pool = m.Pool(4)
+pool.apply(noop, (0,))
+print(time.perf_counter() - t)
+pool.close()
+pool.join()
+"""
+
+
+def _start_cold(module: str) -> float:
+    """The first pool of a fresh interpreter (what a script pays once)."""
+    run = subprocess.run([sys.executable, "-c", _COLD.format(module=module)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, check=True)
+    return float(run.stdout.split()[0])
+
+
 def _chunksize(items: int) -> int:
     size, extra = divmod(items, WORKERS * 4)  # multiprocessing.Pool.map's default
     return size + (1 if extra else 0)
@@ -64,11 +89,16 @@ def _timed_map(mapper: Callable[[list[int]], list[Any]], items: list[int]) -> fl
 
 def run(rounds: int) -> dict[str, Any]:
     start: dict[str, list[float]] = {"ours": [], "mp": []}
+    cold: dict[str, list[float]] = {"ours": [], "mp": []}
     for _ in range(rounds):
         start["ours"].append(_start_ours())
         start["mp"].append(_start_mp())
+        cold["ours"].append(_start_cold("supervisor"))
+        cold["mp"].append(_start_cold("multiprocessing"))
     say(f"Pool(4) start to first result: {statistics.median(start['ours']) * 1000:.0f} ms; "
-        f"multiprocessing.Pool(4): {statistics.median(start['mp']) * 1000:.0f} ms")
+        f"multiprocessing.Pool(4): {statistics.median(start['mp']) * 1000:.0f} ms; first pool "
+        f"of a fresh process: {statistics.median(cold['ours']) * 1000:.0f} ms vs "
+        f"{statistics.median(cold['mp']) * 1000:.0f} ms")
     items = [SEED_N] * SEED_ITEMS
     chunk = _chunksize(len(items))
     seed: dict[str, list[float]] = {"phalanx.pool": [], "mp.pool": [], "ppe": []}
@@ -110,6 +140,8 @@ def run(rounds: int) -> dict[str, Any]:
     return {
         "start_to_first_result_s": {k: statistics.median(v) for k, v in start.items()},
         "start_rounds_s": start,
+        "cold_start_to_first_result_s": {k: statistics.median(v) for k, v in cold.items()},
+        "cold_start_rounds_s": cold,
         "seed_map_s": medians,
         "seed_rounds_s": seed,
         "seed_items": SEED_ITEMS,

@@ -92,8 +92,12 @@ def targets(r: dict[str, Any]) -> list[Target]:
 
     seconds("100 MB array to a worker and back vs Pool.apply", ("round_trip_100mb", "phalanx.call"),
             "pool.apply", 0.5)
+    seconds("100 MB array to a worker and back: supervisor.Pool.apply vs Pool.apply",
+            ("round_trip_100mb", "phalanx.pool.apply"), "pool.apply", 0.5)
     seconds("numpy sum over 64 x 2 MiB chunks: map vs Pool.map", ("reduction", "phalanx.map"),
             "pool.map", 1.0)
+    seconds("numpy sum over 64 x 2 MiB chunks: supervisor.Pool.map vs Pool.map",
+            ("reduction", "phalanx.pool.map"), "pool.map", 1.0)
     seconds("numpy sum over 64 x 2 MiB chunks: map vs ProcessPoolExecutor.map",
             ("reduction", "phalanx.map"), "ppe.map", 1.0)
 
@@ -114,6 +118,10 @@ def targets(r: dict[str, Any]) -> list[Target]:
     pool_ratio("Pool(4) start to first result vs multiprocessing.Pool(4)",
                _get(r, "pool", "start_to_first_result_s", "ours"),
                _get(r, "pool", "start_to_first_result_s", "mp"), "multiprocessing.Pool(4)", 2.0)
+    pool_ratio("Pool(4) start to first result, first pool of a fresh process",
+               _get(r, "pool", "cold_start_to_first_result_s", "ours"),
+               _get(r, "pool", "cold_start_to_first_result_s", "mp"), "multiprocessing.Pool(4)",
+               2.0)
     seed = _get(r, "pool", "seed_map_s") or {}
     for alt_key, label in (("mp.pool", "multiprocessing.Pool.map"),
                            ("ppe", "ProcessPoolExecutor.map"), ("loky", "loky executor map")):
@@ -135,6 +143,21 @@ def targets(r: dict[str, Any]) -> list[Target]:
         out.append(Target(f"Journal {mode}: apply() p50 added to journal off", ours, off,
                           "journal off", _ratio(ours, off), "added <= 100 us",
                           None if added is None else added <= 100.0, "us"))
+
+    for kind, label in (("sleep5ms", "sleep(5 ms)"), ("noop", "no-op")):
+        ours = _get(r, "fleet", "throughput", kind, "best", "three_by_one")
+        alt = _get(r, "fleet", "throughput", kind, "best", "one_by_three")
+        ratio = _ratio(ours, alt)
+        out.append(Target(f"Many hosts, {label}: 3 daemons x 1 worker vs 1 daemon x 3",
+                          ours, alt, "1 daemon x 3 workers", ratio, "ratio >= 0.9",
+                          None if ratio is None else ratio >= 0.9, "tasks/s"))
+    ours = _get(r, "fleet", "failover", "kill_to_running_elsewhere_ms", "p50")
+    dead = _get(r, "fleet", "failover", "dead_after_s")
+    alt = None if dead is None else 2000 * dead
+    ratio = _ratio(ours, alt)
+    out.append(Target("Many hosts: daemon SIGKILLed -> its task running elsewhere, p50", ours,
+                      alt, "2 x dead_after", ratio, "ratio < 1",
+                      None if ratio is None else ratio < 1, "ms"))
 
     alt = _get(r, "memory", "supervisord", "process", "rss")
     source = _get(r, "memory", "supervisord", "source") or "?"
@@ -264,7 +287,11 @@ def render(r: dict[str, Any], ts: list[Target]) -> str:
         st = po["start_to_first_result_s"]
         parts += ["", f"supervisor.Pool (median of rounds): Pool(4) start to first result "
                       f"{st['ours'] * 1000:.0f} ms, multiprocessing.Pool(4) {st['mp'] * 1000:.0f} ms "
-                      f"({po['mp_start_method']}); the seed's CPU-bound map of {po['seed_items']} "
+                      f"({po['mp_start_method']}); the first pool of a fresh process "
+                      + (f"{po['cold_start_to_first_result_s']['ours'] * 1000:.0f} ms vs "
+                         f"{po['cold_start_to_first_result_s']['mp'] * 1000:.0f} ms"
+                         if "cold_start_to_first_result_s" in po else "(not measured)")
+                      + f"; the seed's CPU-bound map of {po['seed_items']} "
                       f"items, {meta.get('workers')} workers, seconds: "
                       + ", ".join(f"{k} {v:.3f}" for k, v in po["seed_map_s"].items())]
         if po.get("note"):

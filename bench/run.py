@@ -7,7 +7,9 @@
                                         +-- crash recovery: SIGKILL idle / busy workers
                                         +-- poison task: crash('kill') until WorkerCrashed
                                         +-- poison storm: 40 of them among 5,000 echoes
-    then, without phalanxd: Pool/PPE under the same kills, supervisord's RSS,
+    then: journal on/off (three daemons), many hosts (bench/fleet.py: three
+    1-worker daemons vs one 3-worker daemon, kills), and, without phalanxd:
+    Pool/PPE under the same kills, supervisord's RSS,
     supervisor.Pool (its own private phalanxd) against Pool/PPE/loky (pool.py)
 
 Progress goes to stderr as it happens; the report (or, with ``--json``, the
@@ -36,6 +38,7 @@ from typing import Any
 from bench import (
     alt_crash,
     arrays,
+    fleet,
     journal,
     latency,
     memory,
@@ -146,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             say("stopping phalanxd")
         say("journal on vs off: three daemons")
         _section(results, "journal", lambda: journal.run(n // 2, rounds, lat_count))
+        say("many hosts: three 1-worker daemons vs one 3-worker daemon, then kills")
+        _section(results, "fleet", lambda: fleet.run(args.quick, rounds))
         _section(results, "crash_alternatives", lambda: alt_crash.run(min(crash_reps, 10)))
         _section(results, "pool", lambda: pool.run(rounds))
         if args.no_supervisord:
@@ -174,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report.render(results, ts))
         print(poison_storm.render(results.get("poison_storm", {})))
         print(journal.render(results.get("journal", {})))
+        print(fleet.render(results.get("fleet", {})))
     return 1 if failed else 0
 
 

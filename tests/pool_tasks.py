@@ -56,3 +56,17 @@ def kill_self_once(marker: str, x: int) -> int:
             pass
         os.kill(os.getpid(), signal.SIGKILL)
     return x * x
+
+
+def echo_all(*args: Any, **kwds: Any) -> Any:
+    """What the worker received, returned whole: (args, kwds)."""
+    return args, kwds
+
+
+def twice(x: Any) -> Any:
+    return x * 2
+
+
+def double_in_place(arr: Any) -> Any:
+    arr *= 2  # writes to the argument itself
+    return arr

@@ -201,6 +201,61 @@ def test_a_lone_future_waited_on_from_many_threads(client: Client) -> None:
     assert out == {k: k for k in out} and len(out) == 200
 
 
+# ------------------------------------------------------------------ tuples
+TUPLES = "workers.testing:as_tuples"
+
+
+def test_a_tuple_a_task_returns_comes_back_a_tuple(client: Client) -> None:
+    """As with multiprocessing: ``(1, 2)`` returned is ``(1, 2)`` received,
+    and so are the tuples inside it, at any depth, empty or holding
+    anything; from call, submit and map (chunked too)."""
+    sent = [1, [2, [3, []]], {"k": "v"}, [b"\x00", None, 1.5]]
+    want = (1, (2, (3, ())), {"k": "v"}, (b"\x00", None, 1.5))
+    got = client.call(TUPLES, sent)
+    assert got == want and type(got[1][1]) is tuple
+    back = client.submit(TUPLES, [[1, 2], [3]]).result(10)
+    assert back == ((1, 2), (3,)) and type(back[0]) is tuple
+    assert client.map(TUPLES, [[i, i] for i in range(20)], chunksize=6, timeout=10) == [
+        (i, i) for i in range(20)]
+    assert client.call(ECHO, [1, [2]]) == [1, [2]]  # no tuple, nothing changes
+
+
+def test_a_tuple_inside_a_list_or_dict_arrives_as_a_list(client: Client) -> None:
+    """The documented limit (supervisor/payload/tuples.py: walking every
+    list and dict of every result would cost all results)."""
+    assert client.call(TUPLES, {"k": [1, 2]}) == {"k": [1, 2]}
+    assert client.call(TUPLES, [{"pairs": [[1, 2]]}]) == ({"pairs": [[1, 2]]},)
+
+
+def test_tuples_nested_too_deep_fail_that_result_only(client: Client) -> None:
+    """Each tuple level is one more decode call on the client's I/O thread:
+    past tuples.MAX_DEPTH the result fails Unserializable in the worker."""
+    from supervisor.payload.tuples import MAX_DEPTH
+
+    def deep(n: int) -> Any:
+        v: Any = []
+        for _ in range(n):
+            v = [v]
+        return v
+
+    assert client.call(TUPLES, deep(MAX_DEPTH - 1)) is not None
+    with pytest.raises(TaskError) as info:
+        client.call(TUPLES, deep(MAX_DEPTH + 1))
+    assert info.value.type == "Unserializable" and "tuples nested deeper" in info.value.message
+    assert client.call(ECHO, 1) == 1
+
+
+def test_arrays_inside_a_returned_tuple_come_back_as_arrays(client: Client) -> None:
+    """Big ones through shared memory (a local client), small ones inline,
+    both inside the tuple's extension value."""
+    np = pytest.importorskip("numpy")
+    big, small = np.arange(300_000, dtype=np.float64), np.arange(3, dtype=np.int8)
+    got = client.call(TUPLES, [big, [small, "s"]])
+    assert type(got) is tuple and type(got[1]) is tuple and got[1][1] == "s"
+    for back, sent in ((got[0], big), (got[1][0], small)):
+        assert back.dtype == sent.dtype and np.array_equal(back, sent)
+
+
 # ------------------------------------------------------------ broken I/O
 def test_a_bug_inside_the_clients_io_fails_every_future_loudly(
         daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -62,6 +62,14 @@ def test_apply_and_map_family_match_multiprocessing(pools: Both) -> None:
         x * x for x in range(20))
 
 
+def test_results_keep_their_types_as_with_multiprocessing(pools: Both) -> None:
+    """A pickle lane: tuples stay tuples at any depth, sets stay sets."""
+    value = ((1, 2), [(3, (4,))], {"k": (5,)}, {6, 7}, frozenset({8}))
+    got = same(pools, lambda p: p.apply(t.echo_all, (value,)))
+    assert got == (((value,), {})) and type(got[0][0][1][0]) is tuple
+    assert same(pools, lambda p: p.map(t.twice, [(1,), (2, 3)])) == [(1, 1), (2, 3, 2, 3)]
+
+
 def test_task_exceptions_are_reraised_as_themselves(pools: Both) -> None:
     same(pools, lambda p: p.apply(t.raise_keyerror, ("k",)))
     same(pools, lambda p: p.map(t.fail_on, range(10), chunksize=2))

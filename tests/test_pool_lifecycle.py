@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -185,14 +186,15 @@ def test_a_config_file_cannot_turn_pickle_on(tmp_path: Path) -> None:
 
 
 UNGUARDED = """
-import sys
+import multiprocessing, sys
 sys.modules["cloudpickle"] = None  # by reference: workers import this script
 from supervisor import Pool
 
 def double(x):
     return 2 * x
 
-pool = Pool(1)  # no `if __name__ == "__main__":` guard
+# No `if __name__ == "__main__":` guard. "spawn": a fork would not import it.
+pool = Pool(1, context=multiprocessing.get_context("spawn"))
 try:
     print(pool.map(double, [1, 2]))
 finally:
@@ -201,7 +203,8 @@ finally:
 
 
 def test_an_unguarded_main_script_fails_with_a_clear_error(tmp_path: Path) -> None:
-    """As with multiprocessing's spawn: the worker importing the script would
+    """As with multiprocessing's spawn (a fork imports nothing, as with
+    multiprocessing's fork): the worker importing the script would
     start pools without end; it refuses, and the caller gets why."""
     script = tmp_path / "unguarded.py"
     script.write_text(UNGUARDED)
@@ -217,3 +220,43 @@ def test_numpy_arrays_travel_by_pickle_on_a_private_pool() -> None:
     with Pool(1) as pool:
         out = pool.apply(np.add, (np.arange(10, dtype=np.float32), 1))
     assert out.dtype == np.float32 and out.tolist() == [float(i + 1) for i in range(10)]
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_each_start_method_serves_and_leaves_nothing(method: str) -> None:
+    """"fork" forks the daemon from this process and its workers from the
+    daemon; "spawn" starts a fresh interpreter and a fork server. Either
+    way the pool works and leaves no process and no fd behind."""
+    fds = open_fds()
+    pool = Pool(2, context=multiprocessing.get_context(method))
+    assert pool.map(t.square, range(10)) == [x * x for x in range(10)]
+    wait_until(lambda: len(pool.worker_pids()) == 2, 10)
+    procs = tree(pool.daemon_pid)
+    pool.close()
+    pool.join()
+    assert all_gone(procs)
+    assert open_fds() <= fds
+
+
+def _sockets_of(pid: int) -> set[str]:
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            held.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue  # closed meanwhile
+    return held
+
+
+def test_a_forked_daemon_and_its_workers_hold_none_of_the_owners_fds() -> None:
+    """A socket the owner has open (a server it will close, say) is not kept
+    open by its pool: the forked daemon closes what it inherited."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        mine = f"socket:[{os.fstat(server.fileno()).st_ino}]"
+        with Pool(2, context=multiprocessing.get_context("fork")) as pool:
+            assert pool.apply(t.square, (3,)) == 9
+            wait_until(lambda: len(pool.worker_pids()) == 2, 10)
+            for pid in [pool.daemon_pid, *pool.worker_pids()]:
+                assert mine not in _sockets_of(pid), pid

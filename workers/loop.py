@@ -25,6 +25,7 @@ process death is a crash. Nothing leaves that the supervisor cannot decode
 from __future__ import annotations
 
 import faulthandler
+import gc
 import os
 import select
 import signal
@@ -117,9 +118,11 @@ def run_one(
     except Exception as exc:  # noqa: BLE001 - any error a task raises is its result
         return Done(work.key, False, outcome.exception_failure(exc))
     # numpy arrays go out as extension values, or in shared memory for a
-    # local client (supervisor/payload); the limits below apply either way.
+    # local client, a tuple as a tuple (supervisor/payload); the limits
+    # below apply either way.
+    chunk = bool(work.chunk)
     ok, raw = outcome.encode_result(value, max_result_bytes,
-                                    lambda v: payload.encode_result(v, local))
+                                    lambda v: payload.encode_result(v, local, chunk))
     return Done(work.key, ok, raw)
 
 
@@ -195,12 +198,25 @@ def _capture(stdout: Connection | None, stderr: Connection | None) -> None:
 def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
          stdout: Connection | None = None, stderr: Connection | None = None,
          running: Any = None, started: Any = None, path: list[str] | None = None,
-         accept_pickle: bool = False) -> None:
+         accept_pickle: bool = False, close: list[int] | None = None) -> None:
     """Entry point of a worker process (target of multiprocessing.Process).
+
+    ``close``: fds a worker forked straight from the daemon closes first,
+    the daemon's ends of its own and its siblings' pipes; held here, they
+    would keep a pipe from ever reading EOF, and a worker would outlive
+    its daemon. (``gc.freeze`` first: the daemon's objects that own them
+    must never close those numbers again once reused.)
 
     ``path``: folders put at the front of ``sys.path`` before the allowed
     modules are imported (config ``tasks.path``). ``accept_pickle``: a
     private Pool's worker, which also runs pickled calls."""
+    if close:
+        gc.freeze()
+        for fd in close:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
     if accept_pickle:
         # A private Pool's worker: what tasks print goes to the owner's
         # terminal (the fds inherited from its daemon), as with multiprocessing.
@@ -220,6 +236,12 @@ def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGALRM, _on_alarm)
+    # A worker forked straight from the daemon (workers.start_method "fork",
+    # a private Pool's) inherits its handlers and its wakeup fd: a SIGHUP
+    # sent to the worker would reach the daemon's loop as a reload.
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_DFL)
     os.environ["PHALANX_SLOT"] = str(slot)
     # msgspec refuses nesting deeper than the recursion limit minus the
     # current stack. The daemon checks requests with that budget at a

@@ -6,13 +6,16 @@ config file can set; see docs/POOL.md for where pickle is and is not
 accepted). The daemon passes the arguments through undecoded, as for every
 task; only this module unpickles them, inside the worker.
 
-A call travels as three MessagePack values: ``main`` (how the caller's
+A call travels as MessagePack values: ``main`` (how the caller's
 ``__main__`` is imported here, see ``supervisor.pool.lane.main_ref``),
-``init`` (the pickled ``(initializer, initargs)`` or nil) and ``call``, the
-pickled ``(function, kind, items, kwds)``. The answer is pickled bytes:
-``("ok", [(True, value) | (False, exception), ...])`` one outcome per item,
-or ``("error", exception)`` when nothing could run (the call did not
-unpickle, the main script or the initializer raised).
+``init`` (the pickled ``(initializer, initargs)`` or nil), ``call``, the
+pickled ``(function, kind, items, kwds)``, then the call's large buffers
+(numpy arrays) taken out of that pickle (supervisor/payload/oob.py), as
+arrays: shared memory from the local caller, so they are mapped here, not
+copied. The answer is ``("ok", [(True, value) | (False, exception), ...])``
+one outcome per item, or ``("error", exception)`` when nothing could run
+(the call did not unpickle, the main script or the initializer raised),
+pickled: bytes, or ``[pickle, *buffers]`` when it holds large buffers.
 
 Why the main script is imported the way multiprocessing's spawn does it
 (``runpy`` under the name ``__mp_main__``, then aliased as ``__main__``):
@@ -32,6 +35,7 @@ from multiprocessing.pool import (  # type: ignore[attr-defined]  # not in types
 )
 from typing import Any
 
+from supervisor.payload import oob
 from supervisor.protocol import PICKLE_TASK
 
 # What this worker already prepared: the main reference imported and the
@@ -97,20 +101,25 @@ def _encodable(ok: bool, value: Any) -> tuple[bool, Any]:
     return (ok, value)
 
 
-def _dump(outcomes: list[tuple[bool, Any]]) -> bytes:
+def _answer(obj: Any) -> bytes | list[Any]:
+    blob, buffers = oob.dumps(obj)
+    return [blob, *buffers] if buffers else blob
+
+
+def _dump(outcomes: list[tuple[bool, Any]]) -> bytes | list[Any]:
     try:
-        return pickle.dumps(("ok", outcomes), pickle.HIGHEST_PROTOCOL)
+        return _answer(("ok", outcomes))
     except Exception:  # noqa: BLE001 - some outcome cannot be pickled: fail only that one
         safe = [_encodable(ok, value) for ok, value in outcomes]
-        return pickle.dumps(("ok", safe), pickle.HIGHEST_PROTOCOL)
+        return _answer(("ok", safe))
 
 
-def run(main: str, init: bytes | None, call: bytes) -> bytes:
+def run(main: str, init: bytes | None, call: bytes, *buffers: Any) -> bytes | list[Any]:
     """The task PICKLE_TASK: run one pickled call, answer pickled outcomes."""
     try:
         _prepare_main(main)
         _initialize(init)
-        fn, kind, items, kwds = pickle.loads(call)
+        fn, kind, items, kwds = oob.loads(call, buffers)
     except Exception as exc:  # noqa: BLE001 - nothing ran; every item fails with this
         return pickle.dumps(("error", _wrap(exc)), pickle.HIGHEST_PROTOCOL)
     return _dump(_run_items(fn, kind, items, kwds))

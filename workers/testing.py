@@ -22,7 +22,7 @@ from typing import Any
 from workers.builtin import TaskFailure
 
 __all__ = ["say", "crash", "alloc", "sabotage", "pid", "spawn_child", "stubborn",
-           "nested", "bad_str"]
+           "nested", "bad_str", "as_tuples"]
 
 
 def say(text: str, stream: str = "stdout") -> str:
@@ -120,6 +120,16 @@ class UnprintableFailure(TaskFailure):
 
     def __str__(self) -> str:
         raise RuntimeError("this exception cannot be shown")
+
+
+def as_tuples(value: Any) -> Any:
+    """``value`` with every list in it made a tuple, at any depth (a result
+    holding tuples, which MessagePack alone cannot tell from lists)."""
+    if isinstance(value, list):
+        return tuple(as_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: as_tuples(v) for k, v in value.items()}
+    return value
 
 
 def bad_str() -> None:

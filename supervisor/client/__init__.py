@@ -4,10 +4,11 @@
 
 client.py (Client), api.py (its Pool/Executor-shaped methods), engine.py
 (the sockets, the window, completion), links.py (one daemon: when to
-re-attach), heartbeat.py (pings, silence, re-sending), window.py, types.py (the MessagePack type policy),
+re-attach; its credit), heartbeat.py (pings, silence, re-sending), routing.py
+(several daemons: credit, deaths, failover), window.py, types.py (the MessagePack type policy),
 errors.py (what the client raises), results.py (receiving), futures.py (the cheap
 Future and AsyncResult), wire.py (the client's view of the protocol),
-subscriber.py (SUB with per-topic gap detection).
+subscriber.py (one SUB per publisher, gap detection per daemon and topic).
 """
 
 from supervisor.client.client import Client, Message, Subscriber

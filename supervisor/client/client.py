@@ -18,7 +18,8 @@ never among the task's own keyword arguments, so a task may itself take a
 
 The parts: api.py (the methods above), engine.py (sockets, the window,
 completion; its docstring draws the flow), links.py and heartbeat.py (one
-daemon: pings, silence, re-attachment), window.py (how much work may sit in the daemons),
+daemon: pings, silence, re-attachment), routing.py (several daemons: credit,
+failover), window.py (how much work may sit in the daemons),
 types.py (which values travel), errors.py (what is raised), results.py.
 
 What the client promises: every wait ends, in a result or a named error
@@ -93,8 +94,12 @@ class Client(Api):
     """A connection to one phalanxd (or several: pass a list of endpoints).
 
     ``unreachable_after`` (s): how long tasks wait on a daemon that answers
-    nothing before they fail with DaemonUnreachable (or move to another
-    daemon); ``connect_timeout`` is its older name. ``max_in_flight`` and
+    nothing before they fail with DaemonUnreachable; ``connect_timeout`` is
+    its older name. With several endpoints, tasks go only where a daemon
+    advertised room (credit), and ``dead_after`` (s, default 3, at most
+    ``unreachable_after``) is how long one may stay silent before its tasks
+    move to the others (routing.py); they fail only when no daemon took
+    work for ``unreachable_after``. ``max_in_flight`` and
     ``max_in_flight_bytes``: the submit window (window.py).
     ``max_message_bytes``: the daemons' ``tasks.max_message_bytes``; a
     bigger task is refused at once with TooLarge. ``curve``: keys for
@@ -106,7 +111,8 @@ class Client(Api):
                  max_in_flight: int = MAX_IN_FLIGHT,
                  max_in_flight_bytes: int = MAX_IN_FLIGHT_BYTES,
                  max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 curve: ClientKeys | Mapping[str, ClientKeys] | None = None) -> None:
+                 curve: ClientKeys | Mapping[str, ClientKeys] | None = None,
+                 dead_after: float | None = None) -> None:
         self._client = self
         self._opts = NO_OPTS
         self._endpoints = _endpoints(default_endpoint() if endpoint is None else endpoint)
@@ -115,6 +121,8 @@ class Client(Api):
         after = UNREACHABLE_AFTER if after is None else float(after)
         if not after > 0:
             raise ValueError(f"unreachable_after must be > 0 seconds, got {after!r}")
+        if dead_after is not None and not dead_after > 0:
+            raise ValueError(f"dead_after must be > 0 seconds, got {dead_after!r}")
         self._max_task_bytes = max_message_bytes - _ENVELOPE
         self._prefix = uuid.uuid4().hex[:12] + "-"  # task ids; routing ids are unrelated
         self._counter = itertools.count()
@@ -123,7 +131,7 @@ class Client(Api):
         try:
             self._engine = Engine(self._endpoints, Window(max_in_flight, max_in_flight_bytes),
                                   after, max_message_bytes,
-                                  keys_by_endpoint(curve, self._endpoints))
+                                  keys_by_endpoint(curve, self._endpoints), dead_after)
         except zmq.ZMQError as exc:
             raise ValueError(f"cannot connect to {self._endpoints}: {exc}") from None
 
@@ -181,9 +189,23 @@ class Client(Api):
     def pending(self) -> int:
         return len(self._engine.pending)
 
+    def daemons(self) -> list[dict[str, Any]]:
+        """Each daemon as this client sees it, for logs and tests: ``alive``
+        (answered, not silent since), ``boot``, ``capacity`` (its last pong),
+        ``room`` (tasks we may still send there; several daemons only),
+        ``holding`` (our tasks it holds), ``sent`` (tasks ever sent there,
+        re-sends too), ``deaths`` (times declared dead). Read without
+        stopping the client: a moment's view, not a consistent snapshot."""
+        return [{"endpoint": link.endpoint, "alive": link.boot is not None and not link.down,
+                 "boot": link.boot, "capacity": link.capacity,
+                 "room": max(0, link.room()) if self._engine.many else None,
+                 "holding": len(link.ids), "sent": link.sent, "deaths": link.deaths}
+                for link in list(self._engine.links)]
+
     @property
     def resubmitted(self) -> int:
-        """Tasks sent again (daemon restart, lost replies, a silent daemon)."""
+        """Tasks sent again (daemon restart, lost replies, a silent daemon,
+        a draining one)."""
         return self._engine.resubmitted
 
     def _check_open(self) -> None:

@@ -1,7 +1,8 @@
 """The client's I/O: sockets, the submit window, heartbeats, completion.
 
     caller threads                          whoever holds Engine.lock
-    submit/map: encode, -> outq ---------> step(): send batches (window, bytes)
+    submit/map: encode, -> outq ---------> step(): send batches (window, bytes;
+                                             several daemons: credit, routing.py)
                  register sink in pending          receive: results -> sinks
     fut.result(): lock free (client idle)?         heartbeat each daemon,
         yes -> drive(): step + poll itself         re-attach, give up
@@ -35,7 +36,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from supervisor.client import heartbeat
+from supervisor.client import heartbeat, routing
 from supervisor.client import results as _results
 from supervisor.client.errors import ClientBroken, ClientClosed
 from supervisor.client.futures import DONE_STATES, AsyncResult
@@ -58,19 +59,33 @@ POLLIN, EVENTS = int(zmq.POLLIN), int(zmq.EVENTS)
 # enum member per call, which is most of an idle check's cost.
 _events = zmq.backend.Socket.get
 Sent = tuple[msgspec.Raw, int, Link]  # a task as sent: bytes, size, where
+# A task waiting to be sent: id, encoded bytes (Raw once sent and moved back
+# to the queue by routing.requeue), size.
+Queued = tuple[str, bytes | msgspec.Raw, int]
 
 
 class Engine:
     def __init__(self, endpoints: list[str], window: Window, unreachable_after: float,
-                 max_message_bytes: int, curve: dict[str, ClientKeys] | None = None) -> None:
+                 max_message_bytes: int, curve: dict[str, ClientKeys] | None = None,
+                 dead_after: float | None = None) -> None:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.links = [Link(self.ctx, ep, (curve or {}).get(ep)) for ep in endpoints]
+        # Several daemons: routing by credit, deaths after dead_after
+        # (routing.py). One: heartbeat.py's path, unchanged.
+        self.many = len(endpoints) > 1
+        self.dead_after = min(unreachable_after, routing.DEAD_AFTER if dead_after is None
+                              else dead_after)
+        self.heartbeat = routing.heartbeat_of(self.dead_after)
+        self.connect_ms = max(1, int(self.dead_after * 1000)) if self.many else 0
+        self.none_live_since: float | None = None
+        self._tend = routing.tend if self.many else heartbeat.tend
+        self.links = [Link(self.ctx, ep, (curve or {}).get(ep), self.connect_ms)
+                      for ep in endpoints]
         self.window = window
         # A batch closes before it could pass the daemon's message limit.
         self.batch_bytes = min(BATCH_BYTES, max_message_bytes // 2)
         self.unreachable_after = unreachable_after
         self.lock = threading.Lock()
-        self.outq: deque[tuple[str, bytes, int]] = deque()
+        self.outq: deque[Queued] = deque()
         self.pending: dict[str, Any] = {}  # id -> AsyncResult or collector tuple
         self.sent: dict[str, Sent] = {}
         self.unacked: OrderedDict[int, list[str]] = OrderedDict()
@@ -211,7 +226,11 @@ class Engine:
             self.idle = True
             # Re-check after announcing sleep: a caller that queued before
             # seeing ``idle`` did not wake us.
-            if (self.outq and self.window.has_room()) or self.ping_requests:
+            # (Several daemons: tasks wait here for credit; a step then
+            # sets the timers, pings, that bring it, if none is set yet.)
+            if (self.outq and self.window.has_room()
+                    and (not self.many or wait is None or routing.can_send(self.links))
+                    ) or self.ping_requests:
                 self.idle = False
                 readable = []
                 continue
@@ -280,23 +299,34 @@ class Engine:
             self.send_queued()
         for link in self.links if readable is None else readable:
             _results.receive(self, link, now)
-        return heartbeat.tend(self, now)
+        if self.many and self.outq:
+            self.send_queued()  # into the room the results and pongs just gave
+        return self._tend(self, now)
 
-    def _pick(self) -> tuple[Link, int]:
-        """Where the next batch goes, and how many tasks it may hold: with
-        several daemons, the one holding fewest of our tasks gets its share
-        of what is queued (a burst is spread, not sent to one)."""
-        links = self.links
-        if len(links) == 1:
-            return links[0], MAX_BATCH
-        up = [link for link in links if not link.down] or links
-        share = -(-len(self.outq) // len(up))
-        return min(up, key=lambda link: len(link.ids)), max(1, min(MAX_BATCH, share))
+    def _pick(self) -> tuple[Link, int] | None:
+        """Where the next batch goes and how many tasks it may hold; None:
+        no daemon has room for us (several daemons only: routing.pick)."""
+        if self.many:
+            return routing.pick(self.links, len(self.outq))
+        return self.links[0], MAX_BATCH
+
+    def relink(self, link: Link) -> None:
+        """Declare ``link`` dead: a new socket, polled in the old one's place."""
+        self.poller.unregister(link.sock)
+        del self.link_of[link.sock]
+        link.die(self.ctx, self.connect_ms)
+        self.poller.register(link.sock, zmq.POLLIN)
+        self.link_of[link.sock] = link
 
     def send_queued(self) -> None:
         outq, win, pending = self.outq, self.window, self.pending
         while outq and win.has_room():
-            link, most = self._pick()
+            picked = self._pick()
+            if picked is None:  # no room anywhere: they wait here (routing.py)
+                while outq and outq[0][0] not in pending:
+                    outq.popleft()  # settled meanwhile: not waiting for anything
+                return
+            link, most = picked
             raws: list[msgspec.Raw] = []
             ids: list[str] = []
             size = 0
@@ -328,6 +358,7 @@ class Engine:
         if len(unacked) > UNACKED_KEPT:
             unacked.popitem(last=False)
         body = encoder.encode(Submit(raws, ref))
+        link.sent += len(ids)
         link.sock.send(body, zmq.NOBLOCK, copy=size < 65536)
 
     # ---------------------------------------------------------- completion

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import zmq
 
-from supervisor.client import heartbeat
+from supervisor.client import heartbeat, routing
 from supervisor.client.errors import TaskError, task_error
 from supervisor.client.types import ext_hook
 from supervisor.client.wire import Ack, Err, ErrorReply, Pong, Res, Results
@@ -28,6 +28,10 @@ POLLIN, EVENTS = int(zmq.POLLIN), int(zmq.EVENTS)
 _events = zmq.backend.Socket.get
 
 SHUTTING_DOWN = "ShuttingDown"
+# Refusals that mean "not here, not now": with several daemons the task
+# goes to another one that takes work (routing.elsewhere); with one, or
+# none other taking work, the refusal is the task's error.
+NOT_HERE = frozenset({SHUTTING_DOWN, "Paused"})
 
 
 class Collector:
@@ -57,9 +61,9 @@ def on_results(engine: Engine, results: list[Res]) -> None:
         task_id: str = res.id  # type: ignore[assignment]
         rec = sent.get(task_id)
         if rec is not None:
-            if (not res.ok and res.error is not None and res.error.type == SHUTTING_DOWN
-                    and _elsewhere(engine, task_id, rec[2])):
-                continue  # that daemon is draining: another one runs it
+            if (not res.ok and res.error is not None and res.error.type in NOT_HERE
+                    and engine.many and routing.elsewhere(engine, task_id, rec[2])):
+                continue  # that daemon is draining or paused: another one runs it
             del sent[task_id]
             window.give(rec[1])
             rec[2].ids.discard(task_id)
@@ -84,20 +88,6 @@ def on_results(engine: Engine, results: list[Res]) -> None:
     for coll in touched:
         done, coll.batch = coll.batch, None
         coll.q.put(done)  # type: ignore[arg-type]
-
-
-def _elsewhere(engine: Engine, task_id: str, link: Any) -> bool:
-    """Re-send a task a draining daemon refused to another daemon, if any."""
-    for other in engine.links:
-        if other is not link and not other.down:
-            link.ids.discard(task_id)
-            raw, n, _ = engine.sent[task_id]
-            engine.sent[task_id] = (raw, n, other)
-            other.ids.add(task_id)
-            engine.resubmitted += 1
-            engine._send(other, [raw], [task_id], n)
-            return True
-    return False
 
 
 def chunk_outcomes(batch: list[tuple[int, bool, Any]], start: int, count: int,
@@ -168,8 +158,12 @@ def receive(engine: Engine, link: Link, now: float) -> None:
         if isinstance(msg, Results):
             on_results(engine, msg.results)
         elif isinstance(msg, Pong):
-            if link.on_pong(msg) and link.ids:
-                heartbeat.reattach(engine, link, link)
+            action = link.on_pong(msg)
+            if action and link.ids:
+                if engine.many:
+                    routing.after_pong(engine, link, action)
+                else:
+                    heartbeat.reattach(engine, link, link)
             waiters, engine.pong_waiters = engine.pong_waiters, []
             for fut in waiters:
                 fut._complete(msg, None)

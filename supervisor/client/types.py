@@ -18,7 +18,13 @@ datetime, tz-aware     timestamp extension; comes back as the same
 extensions             whatever ``register_extension`` added
 =====================  =============================================
 
-Refused (with the reason in the message): tuple, set, frozenset, naive
+Results are encoded by the worker, with the same table plus one row: a
+tuple the task returns travels as extension type 5 and comes back a tuple,
+and so do the tuples inside it; a tuple inside a returned list or dict
+arrives as a list (supervisor/payload/tuples.py says why). Sets and the
+other refused types arrive as the worker's msgspec makes them.
+
+Refused as arguments (with the reason in the message): tuple, set, frozenset, naive
 datetime, date, time, timedelta, Decimal, UUID, Enum members, dataclasses,
 msgspec Structs, bytearray, memoryview, subclasses of the types above, and
 any other object. Convert them yourself (``list(t)``, ``str(d)``, ...) so
@@ -40,6 +46,7 @@ import msgspec
 
 from supervisor import payload
 from supervisor.client.wire import TaskOut
+from supervisor.payload import layout, tuples
 
 _SCALARS: frozenset[type] = frozenset({type(None), bool, int, float, str, bytes})
 _KEYS: frozenset[type] = frozenset({str, int, bytes})
@@ -140,6 +147,8 @@ def _enc_hook(obj: Any) -> Any:
 def ext_hook(code: int, data: memoryview) -> Any:
     ext = _by_code.get(code)
     if ext is None:
+        if code == layout.TUPLE:  # a tuple the task returned (payload/tuples.py)
+            return tuples.unmark(data, ext_hook)
         return payload.client_ext_hook(code, data)  # numpy, or a clear TypeError
     return ext.from_bytes(bytes(data))
 

@@ -1,7 +1,7 @@
 """Credit: how much work this daemon advertises it would take now.
 
 A client connected to several daemons sends a task only where there is
-credit (supervisor/client/router.py), so a busy or slow host never holds
+credit (supervisor/client/routing.py), so a busy or slow host never holds
 work an idle one could start. Credit rides on every ``pong``::
 
     capacity = sum over running workers of 1 + max(credit_prefetch, fast)

@@ -1,8 +1,11 @@
-"""The private daemon's entry point: ``python -m supervisor.daemon.private_entry``.
+"""The private daemon's entry points: a fork of its owner (``run_forked``),
+or ``python -m supervisor.daemon.private_entry`` (``main``).
 
-Started by supervisor/pool/private.py, never by hand. No config file: the
-owner writes one JSON line on our stdin (a ``Spec``: the Config built in
-code and the owner's ``sys.path``), then keeps the pipe open. The same pipe
+Started by supervisor/pool/private.py, never by hand; which one follows
+multiprocessing's start method (docs/POOL.md, "Start-up"). No config file.
+Started by exec, the owner writes one JSON line on our stdin (a ``Spec``:
+the Config built in code and the owner's ``sys.path``), then keeps the pipe
+open; forked, we already have both, and the pipe is made our stdin. The same pipe
 is how we learn the owner is gone: EOF on stdin (the owner closed the pool,
 or died, even by SIGKILL: the kernel closes its end) or a new parent pid
 makes us SIGTERM ourselves, which the daemon answers by draining and
@@ -16,6 +19,7 @@ daemon's warnings and the workers' output appear where the owner's would.
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import signal
@@ -38,8 +42,7 @@ class Spec(msgspec.Struct, frozen=True):
     ready_fd: int  # where to write "ready" (stdout stays the owner's, for task output)
 
 
-def _watch_owner(parent: int) -> None:
-    fd = sys.stdin.fileno()
+def _watch_owner(parent: int, fd: int = 0) -> None:
     while True:
         readable, _, _ = select.select([fd], [], [], PARENT_CHECK)
         if readable:
@@ -74,6 +77,54 @@ def _ready(fd: int) -> None:
         os.write(fd, b"ready\n")
     finally:
         os.close(fd)
+
+
+def _detach(stdin_fd: int, ready_fd: int, scrub_env: tuple[str, ...]) -> int:
+    """In a fork of the owner: keep nothing of the owner's but its stdout,
+    stderr and memory. Returns the ready fd's new number.
+
+    The owner's other fds (its sockets, files, other pools' pipes, its own
+    end of our stdin pipe) would otherwise live as long as we do: a port it
+    closed stays bound, and we would never see EOF on our stdin. Its signal
+    handlers and wakeup fd are for its own loop. ``gc.freeze`` keeps the
+    collector away from the owner's objects: one of them dying here would
+    close an fd number we may have reused."""
+    gc.freeze()
+    os.setsid()  # Ctrl-C in the terminal is for the owner, as with the exec start
+    signal.set_wakeup_fd(-1)
+    for signum in signal.valid_signals():
+        try:
+            if callable(signal.getsignal(signum)):
+                signal.signal(signum, signal.SIG_DFL)
+        except (OSError, ValueError):
+            continue
+    high = 10 + max(stdin_fd, ready_fd)  # above both, so neither dup2 clobbers the other
+    stdin_fd, ready_fd = os.dup2(stdin_fd, high), os.dup2(ready_fd, high + 1)
+    os.dup2(stdin_fd, 0)
+    os.dup2(ready_fd, 3)
+    os.closerange(4, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
+    # The owner's sys.std* may be anything (a test runner's capture, a
+    # notebook's stream): ours are the fds, as in a fresh interpreter.
+    sys.stdin = open(os.devnull, encoding="utf-8")
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False,
+                      errors="backslashreplace")
+    for name in scrub_env:
+        os.environ.pop(name, None)
+    return 3
+
+
+def run_forked(cfg: Config, owner: int, stdin_fd: int, ready_fd: int,
+               scrub_env: tuple[str, ...]) -> int:
+    """The daemon in a fork of its owner: no interpreter to start, and the
+    owner's imports (zmq, msgspec, structlog, the config) are already here.
+    Its exit code; the caller leaves with ``os._exit``."""
+    ready = _detach(stdin_fd, ready_fd, scrub_env)
+    threading.Thread(target=_watch_owner, args=(owner,), name="owner-watch",
+                     daemon=True).start()
+    from supervisor.daemon.main import serve
+
+    return serve(cfg, on_started=lambda: _ready(ready))
 
 
 def main() -> int:

@@ -56,16 +56,24 @@ class WorkerHandle:
         self.fs_generation = 0  # which forkserver it came from (see renew_forkserver)
         self._running: Any = None  # shared c_longlong set by spawn()
         self._started: Any = None  # shared c_double set by spawn()
+        self._pidfd = -1  # the sentinel of a forked worker (see spawn)
 
     @classmethod
     def spawn(
         cls, ctx: BaseContext, slot: int, allow: list[str], max_bytes: int,
         path: list[str] | None = None,
         accept_pickle: bool = False,
+        siblings: list[int] | None = None,
     ) -> WorkerHandle:
+        """``siblings``: with the "fork" start method, the daemon's ends of
+        the other workers' pipes, which the new worker closes (see
+        ``workers.loop.main``)."""
         parent, child = ctx.Pipe(duplex=True)
         out_r, out_w = ctx.Pipe(duplex=False)
         err_r, err_w = ctx.Pipe(duplex=False)
+        close: list[int] = []
+        if ctx.get_start_method() == "fork":
+            close = [parent.fileno(), out_r.fileno(), err_r.fileno(), *(siblings or [])]
         # Key of the task the worker is running (0: none) and when it
         # started (time.monotonic(): CLOCK_MONOTONIC is one clock for every
         # process on Linux), in shared memory so they survive the worker's
@@ -76,7 +84,7 @@ class WorkerHandle:
         proc = ctx.Process(  # type: ignore[attr-defined]
             target=loop.main,
             args=(child, slot, allow, max_bytes, out_w, err_w, running, started, path or [],
-                  accept_pickle),
+                  accept_pickle, close),
             name=f"phalanx-worker-{slot}",
             daemon=False,
         )
@@ -91,6 +99,15 @@ class WorkerHandle:
                 conn.close()
         # Frames carry results up to max_bytes plus their envelope.
         handle = cls(proc, parent, max_bytes + 64 * 1024, {"stdout": out_r, "stderr": err_r})
+        if close and hasattr(os, "pidfd_open"):
+            # A forked worker's sentinel is a pipe it closes as it exits,
+            # a moment before its exit status exists: the loop would see a
+            # death without an exit code. A pidfd is readable only once the
+            # status is there (a forkserver sends it after its waitpid).
+            try:
+                handle.sentinel = handle._pidfd = os.pidfd_open(proc.pid)
+            except OSError:
+                pass  # a kernel without pidfds: the pipe, and maybe no exit code
         handle._running = running
         handle._started = started
         return handle
@@ -124,6 +141,10 @@ class WorkerHandle:
     @property
     def pipe_open(self) -> bool:
         return not self.conn.closed
+
+    def daemon_fds(self) -> list[int]:
+        """Our ends of the worker's pipes (a forked sibling closes them)."""
+        return [c.fileno() for c in (self.conn, *self.streams.values()) if not c.closed]
 
     def stream_fds(self) -> dict[str, int]:
         return {name: c.fileno() for name, c in self.streams.items() if not c.closed}
@@ -280,6 +301,9 @@ class WorkerHandle:
         for stream in self.streams.values():
             if not stream.closed:
                 stream.close()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
         try:
             self.proc.join(0)
             self.proc.close()

@@ -34,7 +34,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from supervisor.payload import arrays, layout, shm
+from supervisor.payload import arrays, layout, shm, tuples
 
 __all__ = [
     "SHM_MIN_BYTES", "ClientPayload", "LocalToken", "ShmArg", "client_ext_hook",
@@ -138,11 +138,15 @@ def _decode(code: int, data: memoryview, take: bool) -> Any:
 
 def client_ext_hook(code: int, data: memoryview) -> Any:
     """For results: a shared-memory array's segment is unlinked as it is mapped."""
+    if code == layout.TUPLE:
+        return tuples.unmark(data, client_ext_hook)
     return _decode(code, data, take=True)
 
 
 def worker_ext_hook(code: int, data: memoryview) -> Any:
     """For arguments: shared-memory arrays are mapped copy-on-write."""
+    if code == layout.TUPLE:
+        return tuples.unmark(data, worker_ext_hook)
     return _decode(code, data, take=False)
 
 
@@ -151,6 +155,8 @@ def subscriber_ext_hook(code: int, data: memoryview) -> Any:
     is left as an ``Ext`` (its segment is the submitting client's to take)."""
     if code == layout.SHM:
         return Ext(code, bytes(data))
+    if code == layout.TUPLE:
+        return tuples.unmark(data, subscriber_ext_hook)
     return _decode(code, data, take=True)
 
 
@@ -177,16 +183,20 @@ class _ResultEncoder:
             return Ext(layout.SHM, data)
         return enc_hook(obj)
 
-    def encode(self, value: Any, local: bool) -> bytes:
+    def encode(self, value: Any, local: bool, chunk: bool = False) -> bytes:
+        """A result (``chunk``: a chunk's ``[[ok, value], ...]``): arrays
+        as ext 1 or 2, a tuple result as ext 5 (tuples.py)."""
         self.segments.sweep()
+        mark = tuples.mark_chunk if chunk else tuples.mark
         if not local or "numpy" not in sys.modules:
-            return self._inline.encode(value)
+            return self._inline.encode(mark(value, self._inline.encode))
         self._made = []
         try:
-            out = self._local.encode(value)
+            out = self._local.encode(mark(value, self._local.encode))
         except shm.ShmError:
             self.segments.discard(self._made)
-            return self._inline.encode(value)  # /dev/shm full: try the daemon's lane
+            # /dev/shm full: try the daemon's lane
+            return self._inline.encode(mark(value, self._inline.encode))
         except BaseException:
             self.segments.discard(self._made)
             raise

@@ -8,6 +8,7 @@ shared-memory forms and a reader can check it against the docs line by line.
     INLINE (ext 1) / SCALAR (ext 4) := header, raw bytes (C order)
     SHM (ext 2)                     := header, u8 name_len, name, u64 nbytes
     LOCAL (ext 3)                   := no bytes
+    TUPLE (ext 5)                   := one MessagePack array (the items)
 
 All integers are big-endian (MessagePack's own byte order); the array's
 bytes keep the byte order its dtype string names (``<f8``, ``>i4``, ``|b1``).
@@ -21,6 +22,7 @@ INLINE = 1  # an ndarray whose bytes follow its header
 SHM = 2  # an ndarray whose bytes are in a shared-memory segment on this host
 LOCAL = 3  # last element of args: the client reads results through shared memory
 SCALAR = 4  # a numpy scalar (np.float32(1.5)): INLINE with ndim 0, decoded as a scalar
+TUPLE = 5  # a tuple in a result: its data is one MessagePack array (not numpy; see tuples.py)
 
 MAX_NDIM = 64  # numpy's own limit (NPY_MAXDIMS is 32 in 1.x, 64 in 2.x)
 MAX_DTYPE_LEN = 4096  # a structured dtype's description; far above any real one

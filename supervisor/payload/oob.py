@@ -24,12 +24,27 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 PROTOCOL = 5  # the first with out-of-band buffers
+# Smaller buffers stay inside the pickle: one more task argument (an
+# extension header to write and parse) costs more than copying them.
+MIN_BYTES = 64 * 1024
 
 
-def dumps(obj: Any, dumps_fn: Callable[..., bytes] = pickle.dumps) -> tuple[bytes, list[Any]]:
-    """(pickle without the buffers, the buffers as uint8 arrays or bytes)."""
+def dumps(obj: Any, dumps_fn: Callable[..., bytes] = pickle.dumps,
+          min_bytes: int = MIN_BYTES) -> tuple[bytes, list[Any]]:
+    """(pickle without the buffers, the buffers as uint8 arrays or bytes).
+
+    Buffers under ``min_bytes`` stay in band. An array numpy cannot hand
+    over whole (not contiguous: a strided view) is pickled in band too, by
+    numpy itself, so every array comes back equal whichever way it went."""
     buffers: list[pickle.PickleBuffer] = []
-    blob = dumps_fn(obj, protocol=PROTOCOL, buffer_callback=buffers.append)
+
+    def take(buf: pickle.PickleBuffer) -> bool:
+        if buf.raw().nbytes < min_bytes:
+            return True  # true: serialise it in band
+        buffers.append(buf)
+        return False
+
+    blob = dumps_fn(obj, protocol=PROTOCOL, buffer_callback=take)
     return bytes(blob), [_portable(b) for b in buffers]
 
 

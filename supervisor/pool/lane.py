@@ -30,6 +30,28 @@ def dumps(obj: Any) -> bytes:
     return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def dumps_call(obj: Any) -> tuple[bytes, list[Any]]:
+    """``dumps`` with large buffers (numpy arrays) left out of the pickle
+    (supervisor/payload/oob.py): they travel as task arguments of their
+    own, through shared memory, and come back as views, never copied into
+    pickle bytes."""
+    from supervisor.payload import oob
+
+    if _cloudpickle is not None:
+        return oob.dumps(obj, _cloudpickle.dumps)
+    return oob.dumps(obj)
+
+
+def loads_answer(value: Any) -> Any:
+    """A worker's answer (workers/pickle_lane.py): pickled bytes, or
+    ``[pickle, *buffers]`` when it held large buffers."""
+    if isinstance(value, list):
+        from supervisor.payload import oob
+
+        return oob.loads(value[0], value[1:])
+    return pickle.loads(value)
+
+
 def main_ref() -> str:
     """How a worker imports this process's ``__main__``: ``module:NAME``
     (started with ``python -m NAME``), ``path:FILE`` (a script), or ``""``

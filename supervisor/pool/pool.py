@@ -17,8 +17,8 @@ run before its worker is killed: TaskError Timeout) and ``max_attempts``.
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
-import pickle
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -28,7 +28,7 @@ from typing import Any, Self
 from supervisor.client.client import Client
 from supervisor.client.wire import NO_OPTS, Opts
 from supervisor.errors import describe_exit
-from supervisor.pool import lane
+from supervisor.pool import lane, private
 from supervisor.pool.private import PrivateDaemon
 from supervisor.pool.results import (
     AsyncResult,
@@ -50,7 +50,7 @@ def _decode(fut: Future[Any], count: int) -> list[Outcome]:
     if exc is not None:
         return [(False, exc)] * count
     try:
-        status, payload = pickle.loads(fut.result())
+        status, payload = lane.loads_answer(fut.result())
     except Exception as err:  # noqa: BLE001 - an answer we cannot load fails its items
         return [(False, err)] * count
     if status == "error":
@@ -68,6 +68,24 @@ def _daemon_died(ref: weakref.ref[Pool], code: int) -> None:
         f"the pool's private phalanxd died ({describe_exit(code)}) before this task finished")
 
 
+def _start_method(context: object) -> str:
+    """The start method multiprocessing.Pool(context=context) would use,
+    without fixing multiprocessing's default as get_start_method() would."""
+    if context is not None:
+        method = getattr(context, "get_start_method", None)
+        if callable(method):
+            return str(method())
+    chosen = multiprocessing.get_start_method(allow_none=True)
+    if chosen is None:  # the platform's default is listed first
+        chosen = multiprocessing.get_all_start_methods()[0]
+    # A daemonic process (a multiprocessing worker) may not fork children
+    # that outlive it the way a daemon does: start a fresh one.
+    if chosen == "fork" and (multiprocessing.current_process().daemon
+                             or not hasattr(os, "pidfd_open")):
+        return "forkserver"
+    return chosen
+
+
 def _shutdown(client: Client, daemon: PrivateDaemon) -> None:
     client.terminate()
     daemon.stop()
@@ -81,8 +99,9 @@ class Pool:
                  initializer: Callable[..., object] | None = None,
                  initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
                  context: object = None) -> None:
-        # ``context`` is accepted for signature compatibility and ignored:
-        # workers always start the daemon's way (forkserver).
+        # ``context`` (or multiprocessing's start method) says how the private
+        # daemon and its workers start: "fork" forks them, as multiprocessing
+        # would; otherwise fresh interpreters (supervisor/pool/private.py).
         if processes is None:
             processes = os.cpu_count() or 1
         if processes < 1:
@@ -101,10 +120,13 @@ class Pool:
         self._main = lane.main_ref()
         self._init = lane.dumps((initializer, tuple(initargs))) if initializer else None
         this = weakref.ref(self)
-        self._daemon = PrivateDaemon(processes, maxtasksperchild,
+        self._daemon = PrivateDaemon(processes, maxtasksperchild, _start_method(context),
                                      on_death=lambda code: _daemon_died(this, code))
         try:
-            self._client = Client(self._daemon.intake)
+            # The private daemon's own limit (a pickled call may be big),
+            # not the 16 MiB a client assumes of a configured daemon.
+            self._client = Client(self._daemon.intake,
+                                  max_message_bytes=private.MAX_MESSAGE_BYTES)
         except BaseException:
             self._daemon.stop()
             raise
@@ -132,14 +154,16 @@ class Pool:
                 kwds: dict[str, Any], start: int, sink: Any, opts: Opts) -> None:
         """Send one unit (a call or a chunk); its outcomes go to ``sink``."""
         try:
-            blob = lane.dumps((func, kind, items, kwds))
+            blob, buffers = lane.dumps_call((func, kind, items, kwds))
         except Exception as exc:  # noqa: BLE001 - as multiprocessing: get() raises it
             sink._set_unit(start, [(False, exc)] * len(items))
             return
         count = len(items)
         # Callbacks run on the client's I/O thread, never inside apply_async
-        # (as multiprocessing's run on its result thread).
-        self._client._submit_one(PICKLE_TASK, (self._main, self._init, blob), None, opts,
+        # (as multiprocessing's run on its result thread). Large arrays are
+        # arguments of their own after the pickle: shared memory, not pickle.
+        self._client._submit_one(PICKLE_TASK, (self._main, self._init, blob, *buffers), None,
+                                 opts,
                                  lambda f: sink._set_unit(start, _decode(f, count)))
 
     def _chunks(self, func: Callable[..., Any], kind: str, items: list[Any],

@@ -1,8 +1,19 @@
 """A private phalanxd: the same daemon, started for one Pool and gone with it.
 
-    owner (Pool) --stdin: spec JSON, then held open--> python -m supervisor.daemon.private_entry
-          <-- ready pipe: "ready" once bound ------    phalanxd loop (same code)
-          --- ipc://<0700 temp dir>/intake ---------->   + workers (tasks.accept_pickle)
+    owner (Pool) --stdin: held open--------------> fork of the owner (run_forked)
+          <-- ready pipe: "ready" once bound ---     or python -m supervisor.daemon.private_entry
+          --- ipc://<0700 temp dir>/intake ---->   phalanxd loop (same code)
+                                                     + workers (tasks.accept_pickle)
+
+How it starts follows multiprocessing's start method, so that a Pool costs
+and behaves like the multiprocessing.Pool it replaces. "fork" (Linux's
+default before Python 3.14): the daemon is a fork of the owner and forks
+its workers, so nothing is imported twice and no interpreter starts;
+workers see the owner's modules as they were at ``Pool()``, as with
+multiprocessing's fork. "spawn"/"forkserver": a fresh interpreter runs the
+daemon and its workers come from a fork server, so nothing of the owner's
+state (threads, a GPU context, big memory) reaches them, at the price of
+two interpreter starts and the daemon's imports.
 
 No config file: the Config is built here (``private_config``). Endpoints are
 ipc sockets in a fresh 0700 directory, so only this user can reach them
@@ -25,9 +36,12 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable
+from multiprocessing import util as _mp_util  # noqa: F401 - see _stop_all
 from pathlib import Path
+from typing import IO
 
 import msgspec
 import psutil
@@ -52,6 +66,9 @@ _LIVE: weakref.WeakSet[PrivateDaemon] = weakref.WeakSet()
 
 def private_config(directory: Path, processes: int, maxtasksperchild: int | None,
                    start_method: str = "forkserver") -> config_mod.Config:
+    """``start_method`` is the Pool's: "fork" forks workers from the (forked)
+    daemon, anything else starts them from a fork server."""
+    start_method = "fork" if start_method == "fork" else "forkserver"
     return msgspec.convert({
         "daemon": {"runtime_dir": str(directory / "run"), "log_level": "warning",
                    "log_format": "console"},
@@ -99,18 +116,11 @@ class PrivateDaemon:
         self.control = self.config.control_endpoint
         self._lock = threading.Lock()
         self.stopping = False
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUB_ENV}
-        from supervisor.daemon.private_entry import Spec
-
         ready_r, ready_w = os.pipe()
-        spec = msgspec.json.encode(
-            Spec(self.config, list(sys.path), os.getpid(), ready_w)) + b"\n"
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "supervisor.daemon.private_entry"],
-                stdin=subprocess.PIPE, env=env, pass_fds=(ready_w,),
-                start_new_session=True,
-            )
+            self.proc: subprocess.Popen[bytes] | ForkedDaemon = (
+                ForkedDaemon(self.config, ready_w) if start_method == "fork"
+                else self._exec(ready_w))
         except OSError:
             os.close(ready_r)
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -118,10 +128,7 @@ class PrivateDaemon:
         finally:
             os.close(ready_w)
         _LIVE.add(self)
-        assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(spec)
-            self.proc.stdin.flush()
             self._wait_ready(ready_r)
         except BaseException:
             self.stop()
@@ -131,6 +138,23 @@ class PrivateDaemon:
         if on_death is not None:
             threading.Thread(target=self._watch, args=(on_death,), name="phalanx-pool-watch",
                              daemon=True).start()
+
+    def _exec(self, ready_w: int) -> subprocess.Popen[bytes]:
+        """A fresh interpreter runs the daemon; its config on its stdin."""
+        from supervisor.daemon.private_entry import Spec
+
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUB_ENV}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.daemon.private_entry"],
+            stdin=subprocess.PIPE, env=env, pass_fds=(ready_w,), start_new_session=True)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(msgspec.json.encode(
+                Spec(self.config, list(sys.path), os.getpid(), ready_w)) + b"\n")
+            proc.stdin.flush()
+        except OSError:
+            pass  # it died at once: _wait_ready reports its exit code
+        return proc
 
     def _watch(self, on_death: Callable[[int], None]) -> None:
         """Report a death nobody asked for (an OOM kill of the daemon, say),
@@ -211,8 +235,101 @@ def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
         time.sleep(0.005)
 
 
+_WAIT_SLICE = 0.05  # seconds: ForkedDaemon.wait re-checks at least this often
+
+
+class ForkedDaemon:
+    """The private daemon as a fork of this process, with the part of
+    ``subprocess.Popen`` that PrivateDaemon uses (pid, stdin, poll, wait,
+    kill). Its exit is watched through a pidfd, which no other process
+    holds, unlike a pipe the daemon's own forked workers would inherit."""
+
+    def __init__(self, cfg: config_mod.Config, ready_w: int) -> None:
+        # Imported here, once per owner, not in each forked daemon: the
+        # second Pool() of a process is then a fork and a bind.
+        import supervisor.daemon.daemon
+        import supervisor.daemon.main  # noqa: F401
+        import workers.loop
+        import workers.pickle_lane  # noqa: F401
+        from supervisor.daemon import private_entry
+
+        stdin_r, stdin_w = os.pipe()
+        owner = os.getpid()
+        for stream in (sys.stdout, sys.stderr):  # or the child writes them again
+            try:
+                if stream is not None:
+                    stream.flush()
+            except (OSError, ValueError):
+                pass
+        pid = os.fork()
+        if pid == 0:  # the daemon: never returns into the owner's code
+            code = 70
+            try:
+                code = private_entry.run_forked(cfg, owner, stdin_r, ready_w, _SCRUB_ENV)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:  # noqa: BLE001 - reported, then this process ends
+                traceback.print_exc()
+            finally:
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except (OSError, ValueError):
+                        pass
+                os._exit(code)
+        os.close(stdin_r)
+        self.pid = pid
+        self.stdin: IO[bytes] | None = os.fdopen(stdin_w, "wb")
+        self.returncode: int | None = None
+        self._reap = threading.Lock()
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except OSError:  # a kernel older than 5.3: wait() polls instead
+            self._pidfd = -1
+
+    def poll(self) -> int | None:
+        with self._reap:  # one waitpid at a time: two would race for the status
+            if self.returncode is None:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+                    if self._pidfd >= 0:
+                        os.close(self._pidfd)
+                        self._pidfd = -1
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(f"private phalanxd {self.pid}", timeout or 0.0)
+            # In slices: another thread that reaps it closes the pidfd, and
+            # its number may be reused before this select starts.
+            step = _WAIT_SLICE if left is None else min(left, _WAIT_SLICE)
+            fd = self._pidfd
+            if fd < 0:
+                time.sleep(step)
+                continue
+            try:
+                select.select([fd], [], [], step)  # readable once it has exited
+            except (OSError, ValueError):
+                pass  # closed by the thread that reaped it: poll() says so
+        return code
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 @atexit.register
 def _stop_all() -> None:
-    """The owner exits without closing its pools: stop them, no process left."""
+    """The owner exits without closing its pools: stop them, no process left.
+
+    Registered after multiprocessing's own exit function (imported above),
+    so it runs before it (atexit is last in, first out)."""
     for daemon in list(_LIVE):
         daemon.stop()

@@ -36,6 +36,9 @@ class ProcessSpawner:
         self.generation = 0
         self._old: dict[int, Any] = {}  # generation -> forkserver still reporting
         self._live: dict[int, int] = {}  # pid -> generation, workers not yet buried
+        # Workers not yet buried, when they are forks of this process: a new
+        # fork closes its copies of their pipes (WorkerHandle.spawn).
+        self._handles: dict[int, WorkerHandle] = {}
         self.subreaper = False
 
     def start(self, allow: list[str]) -> None:
@@ -45,6 +48,17 @@ class ProcessSpawner:
             # without its imports (structlog, asyncio, ssl: ~100 ms) cached
             # here, every worker restart paid for them again.
             self.mp.set_forkserver_preload(self.preload(allow))
+        elif self.cfg.workers.start_method == "fork":
+            # Workers are forks of this process: import what each would
+            # import (the preload: a private Pool's pickle lane) once, here.
+            # The allowed task modules stay out of the daemon, as ever.
+            import importlib
+
+            for name in ["workers.loop", *self.cfg.workers.preload]:
+                try:
+                    importlib.import_module(name)
+                except Exception as exc:  # noqa: BLE001 - the workers report it as they import it
+                    log.warning("preload_failed", module=name, error=str(exc))
 
     def preload(self, allow: list[str]) -> list[str]:
         return ["supervisor.daemon.main", "multiprocessing.sharedctypes", "workers.loop",
@@ -53,9 +67,13 @@ class ProcessSpawner:
     def spawn(self, index: int, allow: list[str]) -> Handle:
         handle = WorkerHandle.spawn(self.mp, index, allow, self.cfg.tasks.max_message_bytes,
                                     path=self.cfg.task_path,
-                                    accept_pickle=self.cfg.tasks.accept_pickle)
+                                    accept_pickle=self.cfg.tasks.accept_pickle,
+                                    siblings=[fd for h in self._handles.values()
+                                              for fd in h.daemon_fds()])
         handle.fs_generation = self.generation
         self._live[handle.pid] = self.generation
+        if not self.forkserver:
+            self._handles[handle.pid] = handle
         return handle
 
     def renew(self, allow: list[str]) -> None:
@@ -65,6 +83,7 @@ class ProcessSpawner:
 
     def buried(self, handle: Handle) -> None:
         self._live.pop(handle.pid, None)
+        self._handles.pop(handle.pid, None)
         reap_group(handle.pid)  # grandchildren the task left behind
 
     def reap_orphans(self, keep: set[int]) -> int:
