@@ -2,7 +2,9 @@
 journal off, on (synchronous=NORMAL, the default) and on with FULL (an
 fsync per commit), rounds interleaved. Reported as ratios against off:
 submit() and map() throughput (best round), and the one-call latency p50
-difference (apply(), pooled samples). The journal lives in the run's
+difference (apply(), pooled samples); and, for a lone round trip on a bare
+socket (two commits: the acceptance with its hand-off, then the result),
+its p50 and the daemon's CPU per round trip. The journal lives in the run's
 temporary directory (the same filesystem as the other files)."""
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ def run(n: int, rounds: int, lat_count: int) -> dict[str, Any]:
     # Daemon CPU per submitted task: steadier than wall-clock rates on a busy machine.
     cpu: dict[str, list[float]] = {m: [] for m in MODES}
     lat: dict[str, list[float]] = {m: [] for m in MODES}
+    raw: dict[str, list[float]] = {m: [] for m in MODES}
+    raw_cpu: dict[str, list[float]] = {m: [] for m in MODES}
     with ExitStack() as stack:
         daemons = {m: stack.enter_context(PhalanxUnderTest(journal=m)) for m in MODES}
         for r in range(rounds):
@@ -32,6 +36,9 @@ def run(n: int, rounds: int, lat_count: int) -> dict[str, Any]:
                 s = throughput.phalanx_submit(d, n)
                 m = throughput.phalanx_map(d, n)
                 got, _ = latency.phalanx_apply(d, lat_count)
+                lone, used = latency.phalanx_raw(d, lat_count)
+                raw[mode].extend(lone)
+                raw_cpu[mode].append(used["daemon"] / lat_count * 1e6)
                 rates[mode]["submit"].append(n / s.seconds)
                 cpu[mode].append(s.cpu_daemon / n * 1e6)
                 rates[mode]["map"].append(n / m.seconds)
@@ -48,6 +55,8 @@ def run(n: int, rounds: int, lat_count: int) -> dict[str, Any]:
             "map_rates": [round(x, 1) for x in rates[mode]["map"]],
             "apply_latency_us": scaled(summary(lat[mode]), 1e6, 1),
             "submit_daemon_cpu_us_per_task": round(min(cpu[mode]), 2),
+            "lone_latency_us": scaled(summary(raw[mode]), 1e6, 1),
+            "lone_daemon_cpu_us": round(statistics.median(raw_cpu[mode]), 1),
         }
     off = out["off"]
     for mode in ("normal", "full"):
@@ -59,6 +68,10 @@ def run(n: int, rounds: int, lat_count: int) -> dict[str, Any]:
                                         - off["apply_latency_us"]["p50"], 1),
             "submit_daemon_cpu": round(on["submit_daemon_cpu_us_per_task"]
                                        / off["submit_daemon_cpu_us_per_task"], 3),
+            "lone_p50_added_us": round(on["lone_latency_us"]["p50"]
+                                       - off["lone_latency_us"]["p50"], 1),
+            "lone_daemon_cpu_added_us": round(on["lone_daemon_cpu_us"]
+                                              - off["lone_daemon_cpu_us"], 1),
         }
     return out
 
@@ -69,13 +82,17 @@ def render(r: dict[str, Any]) -> str:
     rows = ["Journal on vs off (same loads, rounds interleaved; targets: submit >= 0.7x, "
             "map >= 0.8x, apply p50 + <= 100 us):",
             f"  {'journal':10s} {'submit/s':>10s} {'ratio':>6s} {'map/s':>11s} {'ratio':>6s}"
-            f" {'apply p50':>10s} {'added':>8s} {'daemon cpu/task':>16s}"]
+            f" {'apply p50':>10s} {'added':>8s} {'daemon cpu/task':>16s}"
+            f" {'lone p50':>9s} {'added':>8s} {'daemon cpu/lone':>16s}"]
     for mode in MODES:
         v = r[mode]
         ratio = v.get("ratio_vs_off", {"submit": 1.0, "map": 1.0, "apply_p50_added_us": 0.0,
-                                       "submit_daemon_cpu": 1.0})
+                                       "submit_daemon_cpu": 1.0, "lone_p50_added_us": 0.0,
+                                       "lone_daemon_cpu_added_us": 0.0})
         rows.append(f"  {mode:10s} {v['submit_best']:>10,.0f} {ratio['submit']:>5.2f}x"
                     f" {v['map_best']:>11,.0f} {ratio['map']:>5.2f}x"
                     f" {v['apply_latency_us']['p50']:>7.1f} us {ratio['apply_p50_added_us']:>+5.1f} us"
-                    f" {v['submit_daemon_cpu_us_per_task']:>6.2f} us {ratio['submit_daemon_cpu']:>4.2f}x")
+                    f" {v['submit_daemon_cpu_us_per_task']:>6.2f} us {ratio['submit_daemon_cpu']:>4.2f}x"
+                    f" {v['lone_latency_us']['p50']:>6.1f} us {ratio['lone_p50_added_us']:>+5.1f} us"
+                    f" {v['lone_daemon_cpu_us']:>6.1f} us {ratio['lone_daemon_cpu_added_us']:>+5.1f}")
     return "\n".join(rows)

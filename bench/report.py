@@ -128,6 +128,22 @@ def targets(r: dict[str, Any]) -> list[Target]:
         pool_ratio(f"Seed CPU-bound map: Pool.map vs {label}", seed.get("phalanx.pool"),
                    seed.get(alt_key), label, 1.25)
 
+    # The journal's cost (bench/journal.py), each synchronous mode against off.
+    for mode in ("normal", "full"):
+        for kind, at_least in (("submit", 0.7), ("map", 0.8)):
+            ours = _get(r, "journal", mode, f"{kind}_best")
+            off = _get(r, "journal", "off", f"{kind}_best")
+            ratio = _ratio(ours, off)
+            out.append(Target(f"Journal {mode}: {kind}() vs journal off", ours, off, "journal off",
+                              ratio, f"ratio >= {at_least:g}",
+                              None if ratio is None else ratio >= at_least, "tasks/s"))
+        ours = _get(r, "journal", mode, "apply_latency_us", "p50")
+        off = _get(r, "journal", "off", "apply_latency_us", "p50")
+        added = None if ours is None or off is None else ours - off
+        out.append(Target(f"Journal {mode}: apply() p50 added to journal off", ours, off,
+                          "journal off", _ratio(ours, off), "added <= 100 us",
+                          None if added is None else added <= 100.0, "us"))
+
     for kind, label in (("sleep5ms", "sleep(5 ms)"), ("noop", "no-op")):
         ours = _get(r, "fleet", "throughput", kind, "best", "three_by_one")
         alt = _get(r, "fleet", "throughput", kind, "best", "one_by_three")

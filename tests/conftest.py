@@ -315,6 +315,23 @@ class Subscription:
         self.sub.close()
 
 
+# ------------------------------------------------------------ state dir
+@pytest.fixture(autouse=True, scope="module")
+def _private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A daemon started without a journal path keeps its journal under
+    $XDG_STATE_HOME: point that into this test run, never at the user's
+    home (a file there is shared with every other run on the machine)."""
+    saved = {k: os.environ.get(k) for k in ("XDG_STATE_HOME", "STATE_DIRECTORY")}
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+    os.environ.pop("STATE_DIRECTORY", None)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 # ------------------------------------------------------------------ daemon
 class Daemon:
     """One running phalanxd and everything a test talks to it with."""

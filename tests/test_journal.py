@@ -12,21 +12,25 @@ import msgspec
 import pytest
 
 from supervisor.config import JournalSection
-from supervisor.core.tasks import Task, TaskTable
+from supervisor.core.tasks import Task, TaskTable, digest
 from supervisor.daemon.journal import Journal
+from supervisor.daemon.journal_index import BYTES_PER_ID, BYTES_PER_ROW, RetainedIndex
 from supervisor.errors import IdConflict, JournalError, JournalFull
-from supervisor.protocol import Result, TaskIn, encoder
+from supervisor.protocol import NO_KWARGS, Result, encoder
 
 NAME = "workers.builtin:echo"
 
 
 def make_task(table: TaskTable, tid: str, arg: object = 1) -> Task:
     args = msgspec.Raw(encoder.encode([arg]))
-    return Task(table.next_key(), tid, NAME, args, msgspec.Raw(b"\x80"), None, 3, 0.0)
+    task = Task(table.next_key(), tid, NAME, args, msgspec.Raw(NO_KWARGS), None, 3, 0.0)
+    task.digest = digest(NAME, args, NO_KWARGS)  # as intake sets it
+    return task
 
 
-def spec(tid: str, arg: object = 1) -> TaskIn:
-    return TaskIn(task=NAME, id=tid, args=msgspec.Raw(encoder.encode([arg])))
+def spec(tid: str, arg: object = 1) -> tuple[str, int]:
+    """A submission's id and digest, as intake passes them to lookup()."""
+    return tid, digest(NAME, encoder.encode([arg]), NO_KWARGS)
 
 
 def ok(task: Task, value: object) -> Result:
@@ -42,7 +46,8 @@ class Daemonish:
         self.gen = {0: 1, 1: 1}
         self.journal = Journal.open(path, JournalSection(**cfg))  # type: ignore[arg-type]
         self.journal.bind(self.table, lambda: [
-            (s, self.gen[s], list(h)) for s, h in self.held.items()])
+            (s, self.gen[s], list(h)) for s, h in self.held.items()],
+            lambda: tuple((s, self.gen[s]) for s in self.held))
         self.replayed, self.failed = self.journal.replay(self.table.next_key, 0.0)
         for task in self.replayed:
             self.table.add(task)
@@ -88,8 +93,8 @@ def test_unfinished_tasks_come_back_and_results_stay_by_id(tmp_path: Path) -> No
     assert [t.attempts for t in d2.replayed] == [0, 0]
     got = d2.journal.result("a")
     assert got is not None and msgspec.msgpack.decode(got.value) == "done-a"
-    assert isinstance(d2.journal.lookup(spec("a", 10)), Result)
-    assert d2.journal.lookup(spec("b", 20)) is None  # pending: intake attaches to it
+    assert isinstance(d2.journal.lookup(*spec("a", 10)), Result)
+    assert d2.journal.lookup(*spec("b", 20)) is None  # pending: intake attaches to it
     d2.journal.close()
 
 
@@ -136,16 +141,107 @@ def test_a_task_charged_to_its_limit_on_replay_fails_with_a_kept_result(tmp_path
 
 
 def test_the_same_id_with_other_arguments_is_refused(tmp_path: Path) -> None:
-    d = Daemonish(tmp_path / "j.db")
+    """One digest per id: a retained result's record keeps it (lookup refuses
+    other arguments), and a replayed pending task carries it, so the task
+    table checks a resubmission after a restart as it did before."""
+    path = tmp_path / "j.db"
+    d = Daemonish(path)
     d.submit("x", 1)
-    assert isinstance(d.journal.lookup(spec("x", 2)), IdConflict)
-    assert d.journal.lookup(spec("x", 1)) is None
+    d.submit("y", 1)
     assert d.journal.commit()
     d.hand_off(0, 1)
     d.finish(0)
     assert d.journal.commit()
-    assert isinstance(d.journal.lookup(spec("x", 2)), IdConflict)
+    assert isinstance(d.journal.lookup(*spec("x", 2)), IdConflict)
+    assert isinstance(d.journal.lookup(*spec("x", 1)), Result)
+    d.journal.db.close()
+    d2 = Daemonish(path)
+    assert isinstance(d2.journal.lookup(*spec("x", 2)), IdConflict)
+    (y,) = d2.replayed
+    assert y.digest == spec("y", 1)[1] != spec("y", 2)[1]
+    assert d2.journal.lookup(*spec("y", 2)) is None  # pending: the task table's to check
+    d2.journal.close()
+
+
+def test_retention_bytes_bound_the_id_index_too(tmp_path: Path) -> None:
+    """The id index's memory (BYTES_PER_ID an id, BYTES_PER_ROW a row) is
+    counted against retention_bytes with the results' bytes: 1,000 tiny
+    results within room for fewer than 100 keep fewer than 100, the newest."""
+    limit = 100 * (BYTES_PER_ID + BYTES_PER_ROW)
+    d = Daemonish(tmp_path / "j.db", retention_bytes=limit)
+    for i in range(1000):
+        d.submit(f"t{i}")
+        d.hand_off(0, 1)
+        d.finish(0)
+        assert d.journal.commit()
+    d.journal.prune()
+    stats = d.journal.stats()
+    assert 20 <= stats["retained"] < 100
+    assert stats["retained_bytes"] <= limit
+    assert d.journal.result("t999") is not None and d.journal.result("t0") is None
     d.journal.close()
+
+
+def test_the_index_forgets_rows_oldest_first_and_keeps_newer_rows_of_an_id() -> None:
+    """Expiry by time and by bytes, oldest row first; an id finished again
+    in a newer row (resubmitted after its first result expired) stays; the
+    arrays' dead front is dropped as rows expire, lookups unchanged."""
+    index = RetainedIndex()
+    for row in range(1, 3001):
+        index.add(row, float(row), 10, [f"a{row}", f"b{row}"])
+    index.add(3001, 3001.0, 10, ["a1"])  # a1 again, in a newer row
+    assert index.find("a1") == 3001 and index.find("b2") == 2
+    assert index.expire(cutoff=2001.0, max_bytes=1 << 40) == 2000
+    assert len(index) == 1001 and index.find("b2") is None and index.find("b2001") == 2001
+    assert index.find("a1") == 3001  # expiring row 1 left the newer row's a1 alone
+    per_row = 10 + BYTES_PER_ROW + 2 * BYTES_PER_ID
+    assert index.expire(cutoff=0.0, max_bytes=per_row * 10) == 2991  # row 3001 is smaller
+    assert list(index.newest_rows())[:2] == [3001, 3000] and len(index) == 10
+    assert index.bytes <= per_row * 10
+
+
+V1_SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value);
+CREATE TABLE accepted(n INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE started(n INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE finished(n INTEGER PRIMARY KEY, at REAL NOT NULL, bytes INTEGER NOT NULL,
+                      body BLOB NOT NULL);
+CREATE TABLE worker(slot INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, gen INTEGER NOT NULL);
+INSERT INTO meta VALUES('schema', 1);
+INSERT INTO meta VALUES('epoch', 1);
+"""
+
+
+def test_a_schema_1_journal_is_migrated_without_losing_work(tmp_path: Path) -> None:
+    """A journal written by the previous schema (a table per record kind,
+    CRC-32 digests): its pending tasks are replayed (the one its live worker
+    was running charged), its results kept; old digests are not checked."""
+    path = tmp_path / "j.db"
+    db = sqlite3.connect(path)
+    db.executescript(V1_SCHEMA)
+    args = encoder.encode([7])
+    record = [1, "p", NAME, msgspec.Raw(args), msgspec.Raw(NO_KWARGS), 3, 0.0, 0.0, False,
+              False, 0, 0, 12345, 1.0]
+    db.execute("INSERT INTO accepted(epoch, body) VALUES(1, ?)", (encoder.encode([record]),))
+    db.execute("INSERT INTO started(epoch, body) VALUES(1, ?)",
+               (encoder.encode([(0, 4, [1], [])]),))
+    db.execute("INSERT INTO worker VALUES(0, 1, 4)")
+    done = Result("f", NAME, True, 1, value=msgspec.Raw(encoder.encode("old")))
+    body = encoder.encode([(999, 1.0, done)])
+    db.execute("INSERT INTO finished(at, bytes, body) VALUES(?, ?, ?)", (9e9, len(body), body))
+    db.commit()
+    db.close()
+
+    d = Daemonish(path)
+    (p,) = d.replayed
+    assert (p.id, msgspec.msgpack.decode(p.args), p.attempts, p.digest) == ("p", [7], 1, 0)
+    got = d.journal.lookup(*spec("f", "any arguments"))  # digest 0: not checked
+    assert isinstance(got, Result) and msgspec.msgpack.decode(got.value) == "old"
+    d.journal.close()
+    db = sqlite3.connect(path)
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    db.close()
+    assert tables == {"meta", "log", "finished"}
 
 
 def test_size_stays_bounded_under_steady_load(tmp_path: Path) -> None:
@@ -185,7 +281,8 @@ def test_a_full_journal_refuses_new_work_and_loses_nothing_it_accepted(tmp_path:
         if not d.journal.commit():
             break
     assert d.journal.full and d.journal.failing
-    assert isinstance(d.journal.lookup(spec("new")), JournalFull)
+    assert isinstance(d.journal.lookup(*spec("new")), JournalFull)
+    assert d.journal.lookup(tasks[0].id, tasks[0].digest) is None  # pending: attach, not refuse
     # Work finishes (the queue drains), the log is compacted, room comes back.
     d.hand_off(0, len(d.table.queue))
     while d.held[0]:
@@ -197,7 +294,7 @@ def test_a_full_journal_refuses_new_work_and_loses_nothing_it_accepted(tmp_path:
     assert not d.journal.failing
     d.journal.prune()
     assert not d.journal.full
-    assert d.journal.lookup(spec("new")) is None
+    assert d.journal.lookup(*spec("new")) is None
     d.journal.db.close()
     d2 = Daemonish(path)
     assert d2.replayed == []

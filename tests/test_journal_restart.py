@@ -258,7 +258,8 @@ def test_a_journal_in_a_read_only_directory_stops_start_up_with_exit_4(
     import pytest
 
     if os.geteuid() == 0:
-        pytest.skip("root writes into read-only directories: cannot be shown as root")
+        pytest.skip("root writes into read-only directories (test_journal_disk.py shows a "
+                    "read-only filesystem, which holds for root too)")
     ro = ipc_dir / "ro"
     ro.mkdir(mode=0o500)
     try:

@@ -73,7 +73,7 @@ class Task:
         self.chunk = chunk
         self.retry_timeouts = retry_timeouts
         self.size = len(args) + len(kwargs) + len(id)  # bytes held for it
-        self.digest = b""  # of name and arguments, when the client chose the id
+        self.digest = 0  # of name and arguments (digest()), when the client chose the id
         # Further submitters of the same id: (route, group) pairs.
         self.extra: list[tuple[bytes | None, ReplyGroup | None]] | None = None
 
@@ -107,9 +107,8 @@ class TaskTable:
         self.by_id: dict[str, Task] = {}
         self.queue: deque[Task] = deque()
         self._keys = itertools.count(1)
-        # id -> (result, digest of the task's name and arguments)
         # id -> (result, digest of the task, bytes the result holds)
-        self._cache: OrderedDict[str, tuple[Result, bytes, int]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[Result, int, int]] = OrderedDict()
         self._cache_size = result_cache
         self._cache_bytes_limit = cache_bytes
         self.cache_bytes = 0
@@ -154,7 +153,7 @@ class TaskTable:
         entry = self._cache.get(task_id)
         return entry[0] if entry is not None else None
 
-    def cached(self, task_id: str) -> tuple[Result, bytes] | None:
+    def cached(self, task_id: str) -> tuple[Result, int] | None:
         """The remembered result of ``task_id`` and its task's digest."""
         entry = self._cache.get(task_id)
         return None if entry is None else (entry[0], entry[1])
@@ -252,16 +251,19 @@ class TaskTable:
         return list(self.by_key.values())
 
 
-def digest(name: str, args: bytes, kwargs: bytes) -> bytes:
-    """What makes a task the task it is: its name and its argument bytes.
+def digest(name: str, args: bytes, kwargs: bytes) -> int:
+    """What makes a task the task it is: its name and its argument bytes,
+    as a 64-bit integer (never 0: 0 means "not computed", a daemon-chosen id).
 
     The task id is the idempotency key; the same id with another digest is
-    another task, refused instead of answered with the wrong result."""
-    h = hashlib.blake2b(name.encode(), digest_size=16)
+    another task, refused instead of answered with the wrong result. One
+    digest serves the task table, the result cache and the journal (which
+    keeps it with each record, so a replayed task is checked the same way)."""
+    h = hashlib.blake2b(name.encode(), digest_size=8)
     h.update(b"\0%d\0" % len(args))
     h.update(args)
     h.update(kwargs)
-    return h.digest()
+    return int.from_bytes(h.digest(), "little") or 1
 
 
 def result_bytes(result: Result) -> int:

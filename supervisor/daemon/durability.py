@@ -24,8 +24,11 @@ def attach(d: Daemon) -> None:
     except JournalError:
         d.close_sockets()
         raise
-    journal.bind(d.pool.table, lambda: [
-        (s.index, s.generation if s.handle is not None else 0, s.inflight) for s in d.pool.slots])
+    pool = d.pool
+    journal.bind(pool.table, lambda: [
+        (s.index, s.generation if s.handle is not None else 0, s.inflight) for s in pool.slots],
+        lambda: tuple([(s.index, s.generation if s.handle is not None else 0)
+                       for s in pool.slots]))
     # Tasks failed here (they kept killing the daemon) are journaled results.
     tasks, _ = journal.replay(d.pool.table.next_key, time.monotonic())
     for task in tasks:

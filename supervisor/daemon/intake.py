@@ -171,8 +171,11 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
         if spec.id is not None and spec.id in seen:
             continue  # a repeat of an accepted id inside one request collapses to one
         err = refusal or check_one(spec)
+        fingerprint = 0
         if err is None:  # journal: the id is the idempotency key
-            found = d.journal.lookup(spec)
+            if spec.id is not None:  # one digest: the journal's and the task table's
+                fingerprint = digest(spec.task, spec.args or NO_ARGS, spec.kwargs or NO_KWARGS)
+            found = d.journal.lookup(spec.id, fingerprint)
             if isinstance(found, Result):
                 accepted.append(spec.id or "")
                 (group.results if group is not None else replays).append(found)
@@ -190,14 +193,12 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
                 replays.append(Result(spec.id, spec.task, False, 0, error=error))
             continue
         task_id = spec.id
-        fingerprint = b""
         if task_id is not None:
-            fingerprint = digest(spec.task, spec.args or NO_ARGS, spec.kwargs or NO_KWARGS)
             existing = pool.find(task_id)
             cached = pool.cached(task_id) if existing is None else None
             known = existing.digest if existing is not None else (
                 cached[1] if cached is not None else None)
-            # b"": a task replayed from the journal, which checked it above.
+            # 0: not known (a daemon-chosen id): not checked.
             if known and known != fingerprint:
                 err = IdConflict(f"task id {task_id!r} was accepted for another task or "
                                  f"other arguments; choose a new id")

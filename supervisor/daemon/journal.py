@@ -14,6 +14,8 @@ tasks to workers and before it flushes replies: what that turn accepted,
 handed off and finished goes into one transaction (group commit). So an
 ack, a reply or a publication only ever tells of something recorded, and a
 task is recorded as handed to a worker before the worker can start it.
+A turn writes at most one ``log`` row and one ``finished`` row; when it is
+one row (a lone round trip's two commits), it is one autocommit INSERT.
 
 On start, ``replay()`` rebuilds the unfinished tasks (they are queued
 again) and the index of retained results. The task a worker was running
@@ -21,19 +23,25 @@ when the daemon died (the oldest one handed to a live worker and not
 finished) is charged an attempt, so a task that kills the daemon itself is
 eventually failed, quarantined, instead of killing every restart.
 
-The id is the idempotency key: ``lookup()`` answers a submission whose id
-is known with its journaled result, refuses it if its task name or
-arguments differ (a CRC-32 of them is kept per id), or lets intake attach
-it to the pending task. Results are kept ``retention_seconds`` and at most
-``retention_bytes``; the index costs ~150 bytes of memory per retained id.
+The id is the idempotency key, checked with one digest of the task's name
+and arguments (``supervisor.core.tasks.digest``, kept on the task and in its
+records). A pending id is the task table's to answer; ``lookup()`` answers
+an id whose result is retained: the journaled result, or IdConflict if the
+digest differs.
+
+The id index is compact (journal_index.py): a 60-bit hash of each retained
+id maps to its ``finished`` row; no id strings, no object per row. A hit is
+confirmed against the row itself (read from SQLite, a few rows cached), so
+a hash collision never answers the wrong id. Its memory (about 96 bytes per
+retained result and 72 per row) counts against ``retention_bytes`` with the
+results' bytes on disk.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-import zlib
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,29 +52,18 @@ from supervisor.config import JournalSection
 from supervisor.core.tasks import Task, TaskTable
 from supervisor.daemon import journal_store as store
 from supervisor.daemon import journal_upkeep as upkeep
+from supervisor.daemon.journal_index import KEY_MASK, RetainedIndex
 from supervisor.errors import IdConflict, JournalError, JournalFull, RequestError
-from supervisor.protocol import NO_ARGS, NO_KWARGS, Result, TaskIn, encoder, error_raw
+from supervisor.protocol import Result, encoder, error_raw
 
 log = structlog.get_logger("phalanxd")
-MASK = 0xFFFFFFFF
 SHUTTING_DOWN = b"ShuttingDown"
 RETRY_AFTER = 0.2  # seconds between attempts when commits fail (disk full)
 LRU_ROWS = 8  # decoded result rows kept for lookups (resubmissions come in runs)
 # (slot, worker generation or 0 when it has none, tasks it holds in order)
 Workers = Callable[[], Iterable[tuple[int, int, Sequence[Task]]]]
-
-
-_NAME_CRC: dict[str, int] = {}
-
-
-def digest(name: str, args: bytes, kwargs: bytes) -> int:
-    """CRC-32 of name, args and kwargs (absent ones as the empty array/map)."""
-    seed = _NAME_CRC.get(name)
-    if seed is None:
-        seed = zlib.crc32(name.encode())
-        if len(_NAME_CRC) < 4096:  # task names are few; a flood of bad ones is not cached
-            _NAME_CRC[name] = seed
-    return zlib.crc32(kwargs or NO_KWARGS, zlib.crc32(args or NO_ARGS, seed))
+# ((slot, worker generation or 0), ...): which worker each slot runs
+Identity = Callable[[], tuple[tuple[int, int], ...]]
 
 
 class Journal:
@@ -74,6 +71,7 @@ class Journal:
 
     def __init__(self, db: sqlite3.Connection, path: Path, cfg: JournalSection) -> None:
         self.db = db
+        self._cur = db.cursor()  # one cursor for the hot path's statements
         self.path = path
         self.cfg = cfg
         self.full = False  # new work is refused (JournalFull) while set
@@ -83,32 +81,38 @@ class Journal:
         self._starts: list[tuple[int, int, list[Task]]] = []
         self._fin: list[tuple[Task, Result]] = []
         self._held: list[tuple[bytes, bytes, bool]] = []
-        # id -> (finished row << 32) | digest; row 0: still pending
-        self._index: dict[str, int] = {}
-        self._retained: deque[tuple[int, float, int, list[str]]] = deque()
-        self._retained_bytes = 0
-        self._rows: OrderedDict[int, dict[str, Result]] = OrderedDict()
-        self._identity: dict[int, int] = {}
+        # retained results: id -> finished row, compact (journal_index.py)
+        self._retained = RetainedIndex()
+        self._index = self._retained.keys
+        self._rows: OrderedDict[int, dict[str, store.FinishRecord]] = OrderedDict()
+        self._identity: tuple[tuple[int, int], ...] | None = None  # as last written
+        self._identity_due = False  # the upkeep timer saw a worker change
         self._epoch = 0
-        self._log_bytes = 0  # accepted/started bytes written since the last compaction
+        self._log_bytes = 0  # log bytes written since the last compaction
         self._snapshot_bytes = 0
         self._compact_due = False
         self._since_check = 0  # bytes written since the last look at free space
+        # Look again after this many bytes, not only once a second: a burst
+        # must not write through min_free_bytes (a full disk stops even the
+        # checkpoint that would give space back) before intake refuses.
+        self._check_every = max(64 * 1024, min(cfg.max_bytes // 64 or 1 << 62,
+                                               cfg.min_free_bytes // 8 or 1 << 62))
         self._table: TaskTable | None = None
         self._workers: Workers = lambda: ()
+        self._identify: Identity = lambda: ()
         self.commits = 0
 
     @classmethod
     def open(cls, path: Path, cfg: JournalSection) -> Journal:
         return cls(store.connect(path, cfg.synchronous, cfg.max_bytes), path, cfg)
 
-    def bind(self, table: TaskTable, workers: Workers) -> None:
+    def bind(self, table: TaskTable, workers: Workers, identity: Identity) -> None:
         self._table = table
         self._workers = workers
+        self._identify = identity
 
     # ------------------------------------------------------- the hot path
     def accept(self, task: Task) -> None:
-        self._index[task.id] = digest(task.name, task.args, task.kwargs)
         self._acc.append(task)
 
     def started(self, slot: int, gen: int, tasks: list[Task]) -> None:
@@ -127,17 +131,22 @@ class Journal:
         held, self._held = self._held, []
         return held
 
-    def lookup(self, spec: TaskIn) -> RequestError | Result | None:
-        """What a submission's id says: None (new, or pending: attach), the
-        journaled Result, or the error that refuses it."""
-        tid = spec.id
-        packed = None if tid is None else self._index.get(tid)
-        if packed is None:
-            return self._full_error() if self.full else None
-        if packed & MASK != digest(spec.task, spec.args, spec.kwargs):
-            return IdConflict(f"id {tid!r} was accepted with another task name or arguments")
-        row = packed >> 32
-        return self._load(row, tid) if row else None  # type: ignore[arg-type]
+    def lookup(self, tid: str | None, dg: int) -> RequestError | Result | None:
+        """What a submission's id says when its result is retained: the
+        journaled Result, or IdConflict if ``dg`` (its digest) differs; None
+        otherwise (new, or pending: the task table's), or JournalFull."""
+        if tid is not None:
+            row = self._index.get(hash(tid) & KEY_MASK)
+            if row is not None:
+                rec = self._load(row, tid)
+                if rec is not None:
+                    if dg and rec.digest and rec.digest != dg:
+                        return IdConflict(
+                            f"id {tid!r} was accepted with another task name or arguments")
+                    return rec.result
+        if self.full and (tid is None or self._table is None or tid not in self._table.by_id):
+            return self._full_error()
+        return None
 
     def _full_error(self) -> JournalFull:
         return JournalFull(f"the journal {self.path} cannot record more work (disk or "
@@ -147,17 +156,19 @@ class Journal:
     def commit(self) -> bool:
         """Write this turn's records in one transaction; False if they could
         not be written (they are kept and retried; replies wait)."""
-        workers = list(self._workers())
-        identity = {slot: gen for slot, gen, _ in workers}
-        changed = identity != self._identity
-        if not (self._acc or self._starts or self._fin or changed or self._compact_due):
+        if not (self._acc or self._starts or self._fin or self._compact_due
+                or self._identity_due):
             return not self.failing
         now_mono = time.monotonic()
         if self.failing and now_mono < self._retry_at:
             return False
+        # Which worker each slot runs: written with any record (a worker that
+        # died holding tasks must not look alive to a replay), and at the
+        # latest a second after a change (upkeep), not looked at otherwise.
+        identity = self._identify()
         now = time.time()
         try:
-            fin_row = self._write(workers, identity, changed, now, now_mono, lean=False)
+            fin_row = self._write(identity, now, now_mono, lean=False)
         except sqlite3.Error as exc:
             self._rollback()
             if "full" not in str(exc):
@@ -166,7 +177,7 @@ class Journal:
             # large result: the result is delivered, but not kept for later).
             self._compact_due = True
             try:
-                fin_row = self._write(workers, identity, changed, now, now_mono, lean=True)
+                fin_row = self._write(identity, now, now_mono, lean=True)
             except sqlite3.Error as again:
                 self._rollback()
                 return self._failed(again, now_mono)
@@ -176,58 +187,70 @@ class Journal:
             self._check_space()
         self.commits += 1
         self._identity = identity
-        self._compact_due = False
-        self._acc.clear()
-        self._starts.clear()
-        self._fin.clear()
-        if self.cfg.max_bytes and self._since_check > self.cfg.max_bytes // 64:
-            self._check_space()
+        self._identity_due = self._compact_due = False
+        if self._acc:
+            self._acc = []
+        if self._starts:
+            self._starts = []
         if fin_row is not None:
-            n, size, ids, digests = fin_row
-            for i, dg in zip(ids, digests, strict=True):
-                self._index[i] = n << 32 | dg
-            self._retained.append((n, now, size, ids))
-            self._retained_bytes += size
+            self._fin = []
+            self._retain(*fin_row, now)
+        if self._since_check > self._check_every:
+            self._check_space()
         return True
 
-    def _write(self, workers: list[tuple[int, int, Sequence[Task]]], identity: dict[int, int],
-               changed: bool, now: float, now_mono: float, lean: bool
-               ) -> tuple[int, int, list[str], list[int]] | None:
-        """One transaction with this turn's records; the finished row's facts."""
-        db = self.db
-        fin_row = None
-        written = 0
-        db.execute("BEGIN")
+    def _retain(self, row: int, nbytes: int, ids: list[str], at: float) -> None:
+        """Index a finished row's ids (their results are retained)."""
+        self._retained.add(row, at, nbytes, ids)
+
+    def _write(self, identity: tuple[tuple[int, int], ...], now: float, now_mono: float,
+               lean: bool) -> tuple[int, int, list[str]] | None:
+        """This turn's records: one log row and one finished row at most, in
+        one transaction (autocommit when it is one row); the finished row's
+        facts. Written plainly, in one function: it runs twice per lone round
+        trip, on its critical path."""
+        cur = self._cur
+        fin = self._fin
+        skew = now - now_mono  # monotonic acceptance times to wall clock
+        workers = None if identity == self._identity else encoder.encode(identity)
         if self._compact_due:
-            self._write_snapshot(workers, now, now_mono)
+            cur.execute("BEGIN")
+            self._write_snapshot(identity, now, now_mono)
+            together = True
+            written = 0
         else:
+            accepted = started = None
             if self._acc:
-                body = encoder.encode([self._record(t, now, now_mono) for t in self._acc])
-                db.execute("INSERT INTO accepted(epoch, body) VALUES(?, ?)", (self._epoch, body))
-                self._log_bytes += len(body)
-                written += len(body)
+                accepted = encoder.encode([
+                    (t.key, t.id, t.name, t.args, t.kwargs, t.max_attempts, t.timeout,
+                     t.soft_timeout, t.chunk, t.retry_timeouts, t.attempts, t.crashes,
+                     t.digest, skew + t.accepted_at) for t in self._acc])
             if self._starts:
-                body = encoder.encode([
+                started = encoder.encode([
                     (slot, gen, [t.key for t in tasks],
                      [(t.key, t.attempts, t.crashes) for t in tasks if t.attempts])
                     for slot, gen, tasks in self._starts])
-                db.execute("INSERT INTO started(epoch, body) VALUES(?, ?)", (self._epoch, body))
-                self._log_bytes += len(body)
-        if changed:
-            db.executemany("INSERT OR REPLACE INTO worker VALUES(?, ?, ?)",
-                           [(s, self._epoch, g) for s, g in identity.items()])
-        if self._fin:
-            index = self._index
-            ids = [t.id for t, _ in self._fin]
-            digests = [index.get(i, 0) & MASK for i in ids]
-            body = encoder.encode([
-                (dg, now - (now_mono - t.accepted_at), _stub(r) if lean else r)
-                for dg, (t, r) in zip(digests, self._fin, strict=True)])
-            cur = db.execute("INSERT INTO finished(at, bytes, body) VALUES(?, ?, ?)",
-                             (now, len(body), body))
-            fin_row = (int(cur.lastrowid or 0), len(body), ids, digests)
+            together = False
+            written = 0
+            if accepted is not None or started is not None or workers is not None:
+                written = (0 if accepted is None else len(accepted)) + (
+                    0 if started is None else len(started))
+                if fin:
+                    together = True
+                    cur.execute("BEGIN")
+                cur.execute("INSERT INTO log(epoch, accepted, started, workers) VALUES(?, ?, ?, ?)",
+                            (self._epoch, accepted, started, workers))
+                self._log_bytes += written
+        fin_row = None
+        if fin:
+            body = encoder.encode([(t.digest, skew + t.accepted_at, _stub(r) if lean else r)
+                                   for t, r in fin])
+            cur.execute("INSERT INTO finished(at, bytes, body) VALUES(?, ?, ?)",
+                        (now, len(body), body))
+            fin_row = (cur.lastrowid or 0, len(body), [t.id for t, _ in fin])
             written += len(body)
-        db.execute("COMMIT")
+        if together:
+            cur.execute("COMMIT")
         self._since_check += written
         return fin_row
 
@@ -235,7 +258,7 @@ class Journal:
         try:
             self.db.execute("ROLLBACK")
         except sqlite3.Error:
-            pass  # SQLite had rolled it back itself
+            pass  # SQLite had rolled it back itself (or it was one autocommit INSERT)
 
     def _failed(self, exc: sqlite3.Error, now_mono: float) -> bool:
         if not self.failing:
@@ -245,32 +268,31 @@ class Journal:
         return False
 
     def _record(self, t: Task, now: float, now_mono: float) -> tuple[Any, ...]:
+        """A TaskRecord (_write builds the same tuple inline)."""
         return (t.key, t.id, t.name, t.args, t.kwargs, t.max_attempts, t.timeout,
                 t.soft_timeout, t.chunk, t.retry_timeouts, t.attempts, t.crashes,
-                self._index.get(t.id, 0) & MASK, now - (now_mono - t.accepted_at))
+                t.digest, now - (now_mono - t.accepted_at))
 
-    def _write_snapshot(self, workers: Iterable[tuple[int, int, Sequence[Task]]],
-                        now: float, now_mono: float) -> None:
-        """Replace the accepted/started log by what is unfinished right now."""
+    def _write_snapshot(self, identity: tuple[tuple[int, int], ...], now: float,
+                        now_mono: float) -> None:
+        """Replace the log by one row: what is unfinished right now."""
         db = self.db
-        db.execute("DELETE FROM accepted")
-        db.execute("DELETE FROM started")
+        db.execute("DELETE FROM log")
         tasks = list(self._table.by_key.values()) if self._table is not None else []
         body = encoder.encode([self._record(t, now, now_mono) for t in tasks])
-        db.execute("INSERT INTO accepted(epoch, body) VALUES(?, ?)", (self._epoch, body))
         starts = [(slot, gen, [t.key for t in held],
                    [(t.key, t.attempts, t.crashes) for t in held if t.attempts])
-                  for slot, gen, held in workers if held and gen]
-        if starts:
-            db.execute("INSERT INTO started(epoch, body) VALUES(?, ?)",
-                       (self._epoch, encoder.encode(starts)))
+                  for slot, gen, held in self._workers() if held and gen]
+        db.execute("INSERT INTO log(epoch, accepted, started, workers) VALUES(?, ?, ?, ?)",
+                   (self._epoch, body, encoder.encode(starts) if starts else None,
+                    encoder.encode(identity)))
         self._snapshot_bytes = len(body)
         self._log_bytes = 0
 
     # ------------------------------------------------------------ reading
-    def _load(self, row: int, tid: str) -> Result | None:
-        results = self._rows.get(row)
-        if results is None:
+    def _load(self, row: int, tid: str) -> store.FinishRecord | None:
+        records = self._rows.get(row)
+        if records is None:
             try:
                 found = self.db.execute("SELECT body FROM finished WHERE n=?", (row,)).fetchone()
             except sqlite3.Error as exc:
@@ -278,20 +300,19 @@ class Journal:
                 return None
             if found is None:
                 return None
-            results = {f.result.id or "": f.result for f in store.finishes_decoder.decode(found[0])}
-            self._rows[row] = results
+            records = {f.result.id or "": f for f in store.finishes_decoder.decode(found[0])}
+            self._rows[row] = records
             if len(self._rows) > LRU_ROWS:
                 self._rows.popitem(last=False)
         else:
             self._rows.move_to_end(row)
-        return results.get(tid)
+        return records.get(tid)
 
     def result(self, tid: str) -> Result | None:
         """The retained result for ``tid``, if it finished."""
-        packed = self._index.get(tid)
-        if packed is None or not packed >> 32:
-            return None
-        return self._load(packed >> 32, tid)
+        row = self._index.get(hash(tid) & KEY_MASK)
+        rec = None if row is None else self._load(row, tid)
+        return None if rec is None else rec.result
 
     # Operator views and upkeep: journal_upkeep.py.
     def recent(self, limit: int) -> list[dict[str, Any]]:
@@ -307,6 +328,7 @@ class Journal:
         upkeep.check_space(self)
 
     def close(self) -> None:
+        self._identity_due = self._identify() != self._identity
         self.commit()
         try:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

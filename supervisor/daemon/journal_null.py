@@ -9,10 +9,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from supervisor.core.tasks import Task, TaskTable
-from supervisor.protocol import Result, TaskIn
+from supervisor.protocol import Result
 
 if TYPE_CHECKING:
-    from supervisor.daemon.journal import Workers
+    from supervisor.daemon.journal import Identity, Workers
     from supervisor.errors import RequestError
 
 
@@ -26,7 +26,7 @@ class NullJournal:
     def __init__(self) -> None:
         self._held: list[tuple[bytes, bytes, bool]] = []
 
-    def bind(self, table: TaskTable, workers: Workers) -> None:
+    def bind(self, table: TaskTable, workers: Workers, identity: Identity) -> None:
         pass
 
     def accept(self, task: Task) -> None:
@@ -45,7 +45,7 @@ class NullJournal:
         held, self._held = self._held, []
         return held
 
-    def lookup(self, spec: TaskIn) -> RequestError | Result | None:
+    def lookup(self, tid: str | None, dg: int) -> RequestError | Result | None:
         return None
 
     def commit(self) -> bool:

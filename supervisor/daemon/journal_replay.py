@@ -1,8 +1,8 @@
 """Start-up: rebuild what the journal knows and rewrite it compactly.
 
-Reads every row once: the results (into the id index), the accepted tasks,
-their latest hand-off to a worker, and which worker generation each slot
-ran when the daemon died. What was accepted and has no result is pending;
+Reads every row once: the log (the accepted tasks, their latest hand-off to
+a worker, and which worker generation each slot ran when the daemon died),
+then the results (into the id index). What was accepted and has no result is pending;
 of the pending tasks handed to a slot's last live worker, the oldest is
 the one that worker was running (workers run what they hold in order), so
 it is charged an attempt, as if its worker had crashed under it. Then one
@@ -34,42 +34,46 @@ def replay(j: Journal, next_key: Callable[[], int], now_mono: float
     db = j.db
     row = db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
     epoch = int(row[0]) if row else 0
-    for n, at, nbytes, body in db.execute("SELECT n, at, bytes, body FROM finished ORDER BY n"):
-        ids = []
-        for fin in store.finishes_decoder.decode(body):
-            tid = fin.result.id or ""
-            j._index[tid] = n << 32 | fin.digest
-            ids.append(tid)
-        j._retained.append((n, at, nbytes, ids))
-        j._retained_bytes += nbytes
     accepted: dict[tuple[int, int], store.TaskRecord] = {}
-    for e, body in db.execute("SELECT epoch, body FROM accepted ORDER BY n"):
-        for rec in store.tasks_decoder.decode(body):
-            accepted[(e, rec.key)] = rec
     last_start: dict[tuple[int, int], tuple[int, int, int, int]] = {}  # -> slot, epoch, gen, order
+    live: dict[int, tuple[int, int]] = {}  # slot -> (epoch, gen) of its last worker
     order = 0
-    for e, body in db.execute("SELECT epoch, body FROM started ORDER BY n"):
-        for start in store.starts_decoder.decode(body):
-            for key in start.keys:
-                order += 1
-                last_start[(e, key)] = (start.slot, e, start.gen, order)
-            for key, attempts, crashes in start.charged:
-                charged = accepted.get((e, key))
-                if charged is not None:
-                    charged.attempts, charged.crashes = attempts, crashes
-    live = {slot: (e, gen) for slot, e, gen in db.execute("SELECT slot, epoch, gen FROM worker")}
+    for e, acc, started, workers in db.execute(
+            "SELECT epoch, accepted, started, workers FROM log ORDER BY n"):
+        if acc is not None:
+            for rec in store.tasks_decoder.decode(acc):
+                accepted[(e, rec.key)] = rec
+        if started is not None:
+            for start in store.starts_decoder.decode(started):
+                for key in start.keys:
+                    order += 1
+                    last_start[(e, key)] = (start.slot, e, start.gen, order)
+                for key, attempts, crashes in start.charged:
+                    charged = accepted.get((e, key))
+                    if charged is not None:
+                        charged.attempts, charged.crashes = attempts, crashes
+        if workers is not None:
+            live = {w.slot: (e, w.gen) for w in store.workers_decoder.decode(workers)}
+    # Results: retained (indexed), and which logged ids they finish. The
+    # set is of the log's ids only, so its size is the log's, not retention's.
+    logged = {rec.id for rec in accepted.values()}
+    finished: set[str] = set()
+    for n, at, nbytes, body in db.execute("SELECT n, at, bytes, body FROM finished ORDER BY n"):
+        ids = [fin.result.id or "" for fin in store.finishes_decoder.decode(body)]
+        finished.update(i for i in ids if i in logged)
+        j._retain(n, nbytes, ids, at)
     pending: dict[str, tuple[tuple[int, int], store.TaskRecord]] = {}
     for ek, rec in accepted.items():
-        if rec.id in j._index or rec.id in pending:  # finished, or a duplicate
+        if rec.id in finished or rec.id in pending:  # finished, or a duplicate
             continue
         pending[rec.id] = (ek, rec)
     # The task each slot's last live worker was running: its oldest pending hand-off.
     running: dict[int, tuple[int, store.TaskRecord]] = {}
     for ek, rec in pending.values():
-        started = last_start.get(ek)
-        if started is None:
+        started_on = last_start.get(ek)
+        if started_on is None:
             continue
-        slot, e, gen, seq = started
+        slot, e, gen, seq = started_on
         if gen and live.get(slot) == (e, gen):
             best = running.get(slot)
             if best is None or seq < best[0]:
@@ -98,28 +102,25 @@ def replay(j: Journal, next_key: Callable[[], int], now_mono: float
                     rec.timeout, None, now_mono - max(0.0, wall - rec.accepted), rec.soft_timeout,
                     rec.chunk, rec.retry_timeouts)
         task.attempts, task.crashes = rec.attempts, rec.crashes
-        j._index[rec.id] = rec.digest  # pending
+        task.digest = rec.digest  # a resubmission of its id is checked as before the restart
         tasks.append(task)
     # Rewrite: this start's epoch, its keys, nothing stale.
     j._epoch = epoch + 1
     db.execute("BEGIN")
-    db.execute("DELETE FROM accepted")
-    db.execute("DELETE FROM started")
-    db.execute("DELETE FROM worker")
+    db.execute("DELETE FROM log")
     db.execute("INSERT OR REPLACE INTO meta VALUES('epoch', ?)", (j._epoch,))
     body = encoder.encode([j._record(t, wall, now_mono) for t in tasks])
-    db.execute("INSERT INTO accepted(epoch, body) VALUES(?, ?)", (j._epoch, body))
+    db.execute("INSERT INTO log(epoch, accepted) VALUES(?, ?)", (j._epoch, body))
     j._snapshot_bytes = len(body)
+    fin_row = None
     if failed_recs:
         fbody = encoder.encode(failed_recs)
         cur = db.execute("INSERT INTO finished(at, bytes, body) VALUES(?, ?, ?)",
                          (wall, len(fbody), fbody))
-        n = int(cur.lastrowid or 0)
-        for dg, _, result in failed_recs:
-            j._index[result.id or ""] = n << 32 | dg
-        j._retained.append((n, wall, len(fbody), [r.id or "" for _, _, r in failed_recs]))
-        j._retained_bytes += len(fbody)
+        fin_row = (int(cur.lastrowid or 0), len(fbody), [r.id or "" for _, _, r in failed_recs])
     db.execute("COMMIT")
+    if fin_row is not None:
+        j._retain(*fin_row, wall)
     log.info("journal_replayed", path=str(j.path), pending=len(tasks), failed=len(failed),
-             retained=len(j._index) - len(tasks), charged=len(running))
+             retained=len(j._index), charged=len(running))
     return tasks, failed

@@ -9,15 +9,23 @@ index in private memory (no ``-shm`` file, fewer system calls per commit).
 Why batches of records, not one row per task: a row per task costs three
 statements per task (accept, hand-off, result), ~6 us in Python, as much as
 the whole daemon spends on a task. So each commit writes at most one row per
-table, whose body is a MessagePack array of that loop turn's records; the
-daemon keeps an in-memory index (id -> row) to find a single result.
+table, whose body is a MessagePack array of that loop turn's records.
+
+Why one ``log`` row for a turn's acceptances, hand-offs and worker changes,
+not a table each: every row a commit writes dirties a B-tree page, and every
+dirty page is a WAL frame (two ``pwrite`` calls and a 4 KiB copy). A lone
+round trip is two commits (the acceptance with its hand-off, then the
+result); at one statement and one page each, SQLite runs them in autocommit,
+and the journal adds two page writes per round trip, not five.
 
 Tables (``n`` grows with time; ``epoch`` counts daemon starts)::
 
-    accepted(n, epoch, body)  tasks accepted: TaskRecord[]
-    started(n, epoch, body)   hand-offs to workers: StartRecord[]
-    finished(n, at, body)     results: FinishRecord[]; ``at`` is wall time
-    worker(slot, epoch, gen)  which worker generation each slot ran (0: none)
+    log(n, epoch, accepted, started, workers)
+                              a turn's records, each column NULL or
+                              TaskRecord[] / StartRecord[] / WorkerRecord[]
+                              (the generation each slot runs; 0: none)
+    finished(n, at, bytes, body)
+                              results: FinishRecord[]; ``at`` is wall time
     meta(key, value)          schema version, epoch
 """
 
@@ -32,7 +40,7 @@ import msgspec
 from supervisor.errors import JournalError
 from supervisor.protocol import Result
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: accepted, started and worker tables; 32-bit digests
 
 
 class TaskRecord(msgspec.Struct, array_like=True):
@@ -48,7 +56,7 @@ class TaskRecord(msgspec.Struct, array_like=True):
     retry_timeouts: bool
     attempts: int
     crashes: int
-    digest: int
+    digest: int  # supervisor.core.tasks.digest; 0: the daemon chose the id
     accepted: float  # wall clock
 
 
@@ -57,6 +65,11 @@ class StartRecord(msgspec.Struct, array_like=True):
     gen: int
     keys: list[int]  # in the order the worker got them (it runs them so)
     charged: list[tuple[int, int, int]]  # (key, attempts, crashes) when not 0
+
+
+class WorkerRecord(msgspec.Struct, array_like=True):
+    slot: int
+    gen: int  # 0: the slot has no worker
 
 
 class FinishRecord(msgspec.Struct, array_like=True):
@@ -68,17 +81,13 @@ class FinishRecord(msgspec.Struct, array_like=True):
 tasks_decoder = msgspec.msgpack.Decoder(list[TaskRecord])
 starts_decoder = msgspec.msgpack.Decoder(list[StartRecord])
 finishes_decoder = msgspec.msgpack.Decoder(list[FinishRecord])
+workers_decoder = msgspec.msgpack.Decoder(list[WorkerRecord])
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);
-CREATE TABLE IF NOT EXISTS accepted(n INTEGER PRIMARY KEY, epoch INTEGER NOT NULL,
-                                    body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS started(n INTEGER PRIMARY KEY, epoch INTEGER NOT NULL,
-                                   body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS log(n INTEGER PRIMARY KEY, epoch INTEGER NOT NULL,
+                               accepted BLOB, started BLOB, workers BLOB);
 CREATE TABLE IF NOT EXISTS finished(n INTEGER PRIMARY KEY, at REAL NOT NULL,
                                     bytes INTEGER NOT NULL, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS worker(slot INTEGER PRIMARY KEY, epoch INTEGER NOT NULL,
-                                  gen INTEGER NOT NULL);
 """
 
 
@@ -116,24 +125,31 @@ def connect(path: Path, synchronous: str, max_bytes: int) -> sqlite3.Connection:
         # (every 1000 pages, in some unlucky commit) would add to that loop
         # turn. So the daemon checkpoints on its 1 s upkeep timer, once the
         # WAL passes 4 MiB; the automatic one stays only as a bound (64 MiB
-        # of WAL). After a checkpoint the WAL file is cut back to 1 MiB.
+        # of WAL). After a checkpoint the WAL starts again at its beginning,
+        # overwriting the file: a write into blocks the file already has
+        # costs the kernel half of one that extends it, so the file is cut
+        # back only past 16 MiB (a burst), not to the 4 MiB it reaches.
         db.execute("PRAGMA wal_autocheckpoint=16384")
-        db.execute("PRAGMA journal_size_limit=1048576")
+        db.execute("PRAGMA journal_size_limit=16777216")
         if max_bytes:
             page = db.execute("PRAGMA page_size").fetchone()[0]
             db.execute(f"PRAGMA max_page_count={max(8, max_bytes // page)}")
         db.execute("BEGIN IMMEDIATE")  # takes (and, EXCLUSIVE, keeps) the write lock
+        db.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value)")
+        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is not None and row[0] == 1:
+            _migrate_v1(db)
+            row = (SCHEMA_VERSION,)
+        if row is not None and row[0] != SCHEMA_VERSION:
+            raise JournalError(  # rolled back when db closes: the file is left as it was
+                f"journal {path} has schema version {row[0]}, this phalanxd reads "
+                f"{SCHEMA_VERSION}; {_aside(path)}")
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 db.execute(statement)
-        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
             db.execute("INSERT INTO meta VALUES('schema', ?)", (SCHEMA_VERSION,))
         db.execute("COMMIT")
-        if row is not None and row[0] != SCHEMA_VERSION:
-            raise JournalError(
-                f"journal {path} has schema version {row[0]}, this phalanxd reads "
-                f"{SCHEMA_VERSION}; {_aside(path)}")
     except sqlite3.OperationalError as exc:
         db.close()
         if "locked" in str(exc):
@@ -148,6 +164,35 @@ def connect(path: Path, synchronous: str, max_bytes: int) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _migrate_v1(db: sqlite3.Connection) -> None:
+    """Schema 1 (a table each for accepted, started and worker; CRC-32
+    digests) to 2, inside the opening transaction: the same records as log
+    rows; their digests become 0, unknown (not checked: the digest changed)."""
+    encode = msgspec.msgpack.encode
+    db.execute(_SCHEMA.split(";")[0])
+    for epoch, body in db.execute("SELECT epoch, body FROM accepted ORDER BY n").fetchall():
+        tasks = tasks_decoder.decode(body)
+        for t in tasks:
+            t.digest = 0
+        db.execute("INSERT INTO log(epoch, accepted) VALUES(?, ?)", (epoch, encode(tasks)))
+    for epoch, body in db.execute("SELECT epoch, body FROM started ORDER BY n").fetchall():
+        db.execute("INSERT INTO log(epoch, started) VALUES(?, ?)", (epoch, body))
+    # Each start rewrote the worker table: every row is of the last epoch.
+    workers = db.execute("SELECT slot, epoch, gen FROM worker").fetchall()
+    if workers:
+        db.execute("INSERT INTO log(epoch, workers) VALUES(?, ?)",
+                   (max(e for _, e, _ in workers), encode([(s, g) for s, _, g in workers])))
+    for n, body in db.execute("SELECT n, body FROM finished").fetchall():
+        finishes = finishes_decoder.decode(body)
+        for f in finishes:
+            f.digest = 0
+        new = encode(finishes)
+        db.execute("UPDATE finished SET body=?, bytes=? WHERE n=?", (new, len(new), n))
+    for table in ("accepted", "started", "worker"):
+        db.execute(f"DROP TABLE {table}")
+    db.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
 
 
 def corrupt(path: Path, exc: BaseException) -> JournalError:

@@ -100,7 +100,7 @@ class Pool:
         (False: that peer already waits for it)."""
         return task.also_notify(route, group)
 
-    def cached(self, task_id: str) -> tuple[Result, bytes] | None:
+    def cached(self, task_id: str) -> tuple[Result, int] | None:
         """A finished task's result by id, with its name-and-arguments digest."""
         return self._s.table.cached(task_id)
 

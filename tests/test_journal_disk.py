@@ -1,0 +1,110 @@
+"""The journal on a real small filesystem: a tmpfs mounted for the test,
+full (ENOSPC from the kernel, not a cap of ours) or read-only (EROFS, which
+holds for root too, unlike a directory's mode bits). Where the test cannot
+mount one (not root, no CAP_SYS_ADMIN), it skips and says why."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import StartDaemon, wait_until
+
+ECHO = "workers.builtin:echo"
+SLEEP = "workers.builtin:sleep"
+
+
+def _mount(size: str, read_only: bool = False) -> Iterator[Path]:
+    where = Path(tempfile.mkdtemp(prefix="px-disk-"))
+    options = f"size={size},mode=0700" + (",ro" if read_only else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        where.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): "
+                    "a full or read-only filesystem is not shown")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True, timeout=30)
+        where.rmdir()
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Path]:
+    """A 32 MiB tmpfs; requested before start_daemon, so unmounted after it stops."""
+    yield from _mount("32m")
+
+
+@pytest.fixture
+def read_only_disk() -> Iterator[Path]:
+    yield from _mount("1m", read_only=True)
+
+
+def _ack(peer: Any, got: dict[str, dict[str, Any]], request: dict[str, Any]) -> dict[str, Any]:
+    """Send ``request``; return its ack (results arriving meanwhile go to ``got``)."""
+    peer.send_msg(request)
+    while True:
+        msg = peer.recv()
+        if msg.get("op") == "ack" and msg.get("ref") == request["ref"]:
+            return msg  # type: ignore[no-any-return]
+        for res in msg.get("results", []):
+            got[res["id"]] = res
+
+
+def test_a_full_disk_refuses_new_work_by_name_and_loses_nothing(
+    small_disk: Path, start_daemon: StartDaemon
+) -> None:
+    """The journal's filesystem fills (queued work with large arguments):
+    new tasks are refused with JournalFull, never accepted unrecorded; every
+    accepted task completes with its value; once the queue has drained and
+    the journal has given space back, work is accepted again.
+
+    min_free_bytes is sized as docs/CONFIGURATION.md says: room for the
+    accepted work's bytes twice (the WAL and the checkpoint's copy) and for
+    its results, twice too (here as large as the arguments): with less, a
+    disk that fills anyway holds replies until space is freed."""
+    d = start_daemon(journal={"path": str(small_disk / "journal.db"),
+                              "min_free_bytes": 24 << 20, "retention_seconds": 0.0})
+    peer = d.raw()
+    blockers = [f"block{i}" for i in range(2)]
+    peer.send_msg({"op": "submit", "tasks": [{"task": SLEEP, "id": b, "args": [2.0]}
+                                              for b in blockers]})
+    accepted: list[str] = []
+    refused: list[dict[str, Any]] = []
+    got: dict[str, dict[str, Any]] = {}
+    big = "x" * 16_000
+    for i in range(8000):  # 8000 x 16 kB is four times the disk
+        reply = _ack(peer, got, {"op": "submit", "ack": True, "ref": i, "tasks": [
+            {"task": ECHO, "id": f"big{i}", "args": [big]}]})
+        accepted += reply["accepted"]
+        refused += [r["error"] for r in reply["rejected"]]
+        if refused:
+            break
+    assert refused and refused[0]["type"] == "JournalFull", (len(accepted), refused)
+    assert accepted, "nothing was accepted before the disk filled"
+    got.update(peer.results_for((set(accepted) | set(blockers)) - got.keys(), timeout=60))
+    assert all(got[i]["ok"] and got[i]["value"] == big for i in accepted)
+
+    def accepts_again() -> bool:
+        reply = _ack(peer, got, {"op": "submit", "ack": True, "ref": "again",
+                                 "tasks": [{"task": ECHO, "args": [1]}]})
+        return bool(reply["accepted"])
+
+    wait_until(accepts_again, 30, interval=0.2, message="never accepted work again")
+
+
+def test_a_journal_on_a_read_only_filesystem_stops_start_up_with_exit_4(
+    read_only_disk: Path, start_daemon: StartDaemon
+) -> None:
+    """Read-only for root too: exit 4 and one line naming the directory."""
+    d = start_daemon(wait=False, journal={"path": str(read_only_disk / "journal.db")})
+    d.expected_exit = None
+    assert d.wait_exit(20) == 4
+    lines = d.log.strip().splitlines()
+    assert len(lines) == 1 and "not writable" in lines[0] and str(read_only_disk) in lines[0], lines
