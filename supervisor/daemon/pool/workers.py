@@ -282,6 +282,10 @@ class WorkerIO:
             return
         # Recorded as handed off before any worker can start them: what lets
         # a restarted daemon charge the task that was running when it died.
+        # If the journal cannot write (a failing or full disk), the work
+        # still goes out: acks and results wait for the journal anyway, and
+        # stalling accepted work would not make it safer; what that window
+        # can miss is the charge of a task that kills the daemon itself.
         s.events.commit()
         for slot, tasks in handoffs:
             handle = slot.handle
