@@ -285,3 +285,33 @@ def test_a_bug_inside_the_clients_io_fails_every_future_loudly(
         closer = threading.Thread(target=lambda: (c.terminate(), closed.set()), daemon=True)
         closer.start()
         assert closed.wait(10), "terminate() hung on a broken client"
+
+
+def test_a_terminate_landing_mid_step_still_fails_every_pending_future(
+        daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    """terminate() sets the stop flag from another thread; when it lands
+    while the I/O thread is inside a step (past the step's own check), the
+    thread ends at the next check. Every pending future must still end in
+    ClientClosed (the race once left them waiting forever). The flag is set
+    from inside the step here, which is where the race put it."""
+    from supervisor.client import ClientClosed, heartbeat
+
+    real = heartbeat.tend
+    armed = threading.Event()
+
+    def tend(engine: Any, now: float) -> float | None:
+        if armed.is_set() and threading.current_thread() is engine.thread:
+            engine.stop = True  # as terminate() would, a moment too late for the check
+        return real(engine, now)
+
+    monkeypatch.setattr(heartbeat, "tend", tend)
+    c = Client(daemon.intake)
+    try:
+        futures = [c.submit(SLEEP, 3) for _ in range(3)]
+        futures[0].done()  # someone watches: the I/O thread holds the work
+        armed.set()
+        for fut in futures:
+            err = fut.exception(timeout=30)
+            assert isinstance(err, ClientClosed), err
+    finally:
+        c.terminate()

@@ -211,6 +211,12 @@ class Engine:
             with self.lock:  # a driving caller lets go within one poll slice
                 self.parked = False
                 self.stop = True
+                # Nothing may outlive this thread unfinished: a terminate()
+                # that set ``stop`` while step() ran past its check would
+                # otherwise end the loop with futures still pending.
+                if self.pending or self.outq or self.pong_waiters or self.ping_requests:
+                    reason = self.stop_reason
+                    self.fail_all(lambda i: ClientClosed("ClientClosed", reason, task_id=i))
                 for link in self.links:
                     link.close()
 
