@@ -205,6 +205,19 @@ class RawPeer:
             self.ctx.term()
 
 
+def ack_collecting(peer: RawPeer, got: dict[str, dict[str, Any]],
+                   request: dict[str, Any]) -> dict[str, Any]:
+    """Send ``request`` on ``peer``; return its ack (results that arrive
+    meanwhile are kept in ``got`` by id). Each read is bounded (RawPeer.recv)."""
+    peer.send_msg(request)
+    while True:
+        msg = peer.recv()
+        if msg.get("op") == "ack" and msg.get("ref") == request["ref"]:
+            return msg  # type: ignore[no-any-return]
+        for res in msg.get("results", []):
+            got[res["id"]] = res
+
+
 # ------------------------------------------------------------- subscription
 class Subscription:
     """A supervisor.client.Subscriber that knows when it is really subscribed."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import StartDaemon, wait_until
+from tests.conftest import StartDaemon, ack_collecting, wait_until
 
 ECHO = "workers.builtin:echo"
 SLEEP = "workers.builtin:sleep"
@@ -46,17 +46,6 @@ def read_only_disk() -> Iterator[Path]:
     yield from _mount("1m", read_only=True)
 
 
-def _ack(peer: Any, got: dict[str, dict[str, Any]], request: dict[str, Any]) -> dict[str, Any]:
-    """Send ``request``; return its ack (results arriving meanwhile go to ``got``)."""
-    peer.send_msg(request)
-    while True:
-        msg = peer.recv()
-        if msg.get("op") == "ack" and msg.get("ref") == request["ref"]:
-            return msg  # type: ignore[no-any-return]
-        for res in msg.get("results", []):
-            got[res["id"]] = res
-
-
 def test_a_full_disk_refuses_new_work_by_name_and_loses_nothing(
     small_disk: Path, start_daemon: StartDaemon
 ) -> None:
@@ -80,7 +69,7 @@ def test_a_full_disk_refuses_new_work_by_name_and_loses_nothing(
     got: dict[str, dict[str, Any]] = {}
     big = "x" * 16_000
     for i in range(8000):  # 8000 x 16 kB is four times the disk
-        reply = _ack(peer, got, {"op": "submit", "ack": True, "ref": i, "tasks": [
+        reply = ack_collecting(peer, got, {"op": "submit", "ack": True, "ref": i, "tasks": [
             {"task": ECHO, "id": f"big{i}", "args": [big]}]})
         accepted += reply["accepted"]
         refused += [r["error"] for r in reply["rejected"]]
@@ -92,7 +81,7 @@ def test_a_full_disk_refuses_new_work_by_name_and_loses_nothing(
     assert all(got[i]["ok"] and got[i]["value"] == big for i in accepted)
 
     def accepts_again() -> bool:
-        reply = _ack(peer, got, {"op": "submit", "ack": True, "ref": "again",
+        reply = ack_collecting(peer, got, {"op": "submit", "ack": True, "ref": "again",
                                  "tasks": [{"task": ECHO, "args": [1]}]})
         return bool(reply["accepted"])
 

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from supervisor.client import Client, Subscriber
-from tests.conftest import Daemon, StartDaemon, wait_until
+from tests.conftest import Daemon, StartDaemon, ack_collecting, wait_until
 
 ECHO = "workers.builtin:echo"
 SLEEP = "workers.builtin:sleep"
@@ -294,7 +294,7 @@ def test_a_full_journal_refuses_new_work_by_name_and_recovers(start_daemon: Star
     got: dict[str, dict[str, Any]] = {}
     big = "x" * 16_000
     for i in range(200):
-        reply = _ack(peer, got, {"op": "submit", "ack": True, "ref": i, "tasks": [
+        reply = ack_collecting(peer, got, {"op": "submit", "ack": True, "ref": i, "tasks": [
             {"task": ECHO, "id": f"big{i}", "args": [big]}]})
         accepted += reply["accepted"]
         refused += [r["error"] for r in reply["rejected"]]
@@ -305,19 +305,10 @@ def test_a_full_journal_refuses_new_work_by_name_and_recovers(start_daemon: Star
     assert all(got[i]["ok"] and got[i]["value"] == big for i in accepted)
 
     def accepts_again() -> bool:
-        reply = _ack(peer, got, {"op": "submit", "ack": True, "ref": "again",
+        reply = ack_collecting(peer, got, {"op": "submit", "ack": True, "ref": "again",
                             "tasks": [{"task": ECHO, "args": [1]}]})
         return bool(reply["accepted"])
 
     wait_until(accepts_again, 15, interval=0.2, message="never accepted work again")
 
 
-def _ack(peer: Any, got: dict[str, dict[str, Any]], request: dict[str, Any]) -> dict[str, Any]:
-    """Send ``request``; return its ack (results arriving meanwhile go to ``got``)."""
-    peer.send_msg(request)
-    while True:
-        msg = peer.recv()
-        if msg.get("op") == "ack" and msg.get("ref") == request["ref"]:
-            return msg  # type: ignore[no-any-return]
-        for res in msg.get("results", []):
-            got[res["id"]] = res
