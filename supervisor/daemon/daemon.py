@@ -9,8 +9,11 @@
              |                  +---- outbox.py <-----------+     |
              +-- results, events (one flush per turn)             +-- slot 0: pipe <=> worker
                                                                   |   sentinel (death)
-    EventLoop (loop.py): zmq.Poller over all of the above,        +-- slot 1: ...
+    EventLoop (loop.py): one epoll over all of the above,         +-- slot 1: ...
     timers, the signal wakeup fd (SIGTERM, SIGHUP, SIGUSR1)
+    admission.py: what refuses a task (intake applies it per task)
+    journal.py (durability.py): a turn's accepts, hand-offs and results
+                  committed once, before any reply or publication leaves
     core/ (pure): tasks.py accept -> queue -> slot -> result;
                   policy.py restart | backoff | fatal, retry | fail | quarantine
 
@@ -23,8 +26,9 @@ methods; none writes its fields.
 Each turn of the loop: poll (timeout = next timer, the running tasks'
 deadlines, the watchdog ping), run ready handlers (intake and control
 requests, worker results, deaths noted, signals), then ``_turn``: deaths
-accounted (re-dispatch before respawn), timers, deadlines and dispatch, one
-flush of replies and publications, slot maintenance, drain, watchdog.
+accounted (re-dispatch before respawn), timers, deadlines and dispatch, the
+journal's commit, then one flush of replies and publications, slot
+maintenance, drain, watchdog.
 
 Nothing here blocks: worker pipes are non-blocking (workerproc.py), sockets
 are used with NOBLOCK, signal handlers only wake the poller.
