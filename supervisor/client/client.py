@@ -128,10 +128,10 @@ class Client(Api):
         self._counter = itertools.count()
         self._closing = False
         self._terminate_lock = threading.Lock()
+        self._keys = keys_by_endpoint(curve, self._endpoints)
         try:
             self._engine = Engine(self._endpoints, Window(max_in_flight, max_in_flight_bytes),
-                                  after, max_message_bytes,
-                                  keys_by_endpoint(curve, self._endpoints), dead_after)
+                                  after, max_message_bytes, self._keys, dead_after)
         except zmq.ZMQError as exc:
             raise ValueError(f"cannot connect to {self._endpoints}: {exc}") from None
 
@@ -250,9 +250,24 @@ class Client(Api):
     def result(self, task_id: str, timeout: float | None = None) -> Any:
         """The result of the task with this id, submitted by anyone, at any
         time within the daemon's journal retention: returned at once if it
-        finished, or when it does; raises TaskError (``UnknownId`` if the
-        daemon neither holds nor retains it), TimeoutError after ``timeout``."""
-        return fetch_result(self._endpoints[0], task_id, timeout)
+        finished, or when it does; raises TaskError (``UnknownId`` if no
+        daemon holds or retains it), TimeoutError after ``timeout``.
+
+        With several daemons each is asked in turn (with its CURVE keys),
+        within the one ``timeout``: a daemon that neither holds nor retains
+        the id answers UnknownId at once, and the next is asked."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        unknown: TaskError | None = None
+        for endpoint in self._endpoints:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return fetch_result(endpoint, task_id, left, self._keys.get(endpoint))
+            except TaskError as err:
+                if err.type != "UnknownId":
+                    raise
+                unknown = err
+        assert unknown is not None  # at least one endpoint, each said UnknownId
+        raise unknown
 
     def _stream(self, name: str, arg_tuples: Iterable[tuple[Any, ...]], opts: Opts,
                 chunksize: int = 1, timeout: float | None = None

@@ -16,14 +16,18 @@ import zmq
 from supervisor.client.futures import TaskError
 from supervisor.client.types import ext_hook
 from supervisor.client.wire import ErrorReply, Fetch, Reply, Results, encoder
+from supervisor.curve import ClientKeys
 
 _decoder = msgspec.msgpack.Decoder(Reply, ext_hook=ext_hook)
 
 
-def fetch_result(endpoint: str, task_id: str, timeout: float | None) -> Any:
+def fetch_result(endpoint: str, task_id: str, timeout: float | None,
+                 keys: ClientKeys | None = None) -> Any:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if keys is not None:  # a daemon beyond loopback speaks CURVE only
+        keys.apply(sock)
     try:
         sock.connect(endpoint)
         sock.send(encoder.encode(Fetch([task_id], 1)))
