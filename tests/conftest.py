@@ -218,6 +218,42 @@ def ack_collecting(peer: RawPeer, got: dict[str, dict[str, Any]],
             got[res["id"]] = res
 
 
+def fill_journal_then_recover(peer: RawPeer, attempts: int, results_timeout: float,
+                              recover_timeout: float) -> list[str]:
+    """Queue two blockers (sleep 2 s), then 16 kB echoes one request at a
+    time until one is refused. Asserts the refusal is JournalFull, that every
+    accepted task completes with its value, and that work is accepted again
+    within ``recover_timeout``. Returns the ids accepted before the refusal."""
+    blockers = [f"block{i}" for i in range(2)]
+    peer.send_msg({"op": "submit", "tasks": [
+        {"task": "workers.builtin:sleep", "id": b, "args": [2.0]} for b in blockers]})
+    accepted: list[str] = []
+    refused: list[dict[str, Any]] = []
+    got: dict[str, dict[str, Any]] = {}
+    big = "x" * 16_000
+    for i in range(attempts):
+        reply = ack_collecting(peer, got, {"op": "submit", "ack": True, "ref": i, "tasks": [
+            {"task": "workers.builtin:echo", "id": f"big{i}", "args": [big]}]})
+        accepted += reply["accepted"]
+        refused += [r["error"] for r in reply["rejected"]]
+        if refused:
+            break
+    assert refused and refused[0]["type"] == "JournalFull", (len(accepted), refused)
+    got.update(peer.results_for((set(accepted) | set(blockers)) - got.keys(),
+                                timeout=results_timeout))
+    assert all(got[i]["ok"] and got[i]["value"] == big for i in accepted)
+
+    def accepts_again() -> bool:
+        reply = ack_collecting(peer, got, {"op": "submit", "ack": True, "ref": "again",
+                                           "tasks": [{"task": "workers.builtin:echo",
+                                                      "args": [1]}]})
+        return bool(reply["accepted"])
+
+    wait_until(accepts_again, recover_timeout, interval=0.2,
+               message="never accepted work again")
+    return accepted
+
+
 # ------------------------------------------------------------- subscription
 class Subscription:
     """A supervisor.client.Subscriber that knows when it is really subscribed."""

@@ -9,14 +9,11 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import StartDaemon, ack_collecting, wait_until
+from tests.conftest import StartDaemon, fill_journal_then_recover
 
-ECHO = "workers.builtin:echo"
-SLEEP = "workers.builtin:sleep"
 
 
 def _mount(size: str, read_only: bool = False) -> Iterator[Path]:
@@ -60,32 +57,9 @@ def test_a_full_disk_refuses_new_work_by_name_and_loses_nothing(
     disk that fills anyway holds replies until space is freed."""
     d = start_daemon(journal={"path": str(small_disk / "journal.db"),
                               "min_free_bytes": 24 << 20, "retention_seconds": 0.0})
-    peer = d.raw()
-    blockers = [f"block{i}" for i in range(2)]
-    peer.send_msg({"op": "submit", "tasks": [{"task": SLEEP, "id": b, "args": [2.0]}
-                                              for b in blockers]})
-    accepted: list[str] = []
-    refused: list[dict[str, Any]] = []
-    got: dict[str, dict[str, Any]] = {}
-    big = "x" * 16_000
-    for i in range(8000):  # 8000 x 16 kB is four times the disk
-        reply = ack_collecting(peer, got, {"op": "submit", "ack": True, "ref": i, "tasks": [
-            {"task": ECHO, "id": f"big{i}", "args": [big]}]})
-        accepted += reply["accepted"]
-        refused += [r["error"] for r in reply["rejected"]]
-        if refused:
-            break
-    assert refused and refused[0]["type"] == "JournalFull", (len(accepted), refused)
+    accepted = fill_journal_then_recover(d.raw(), attempts=8000,  # 4x the disk
+                                         results_timeout=60, recover_timeout=30)
     assert accepted, "nothing was accepted before the disk filled"
-    got.update(peer.results_for((set(accepted) | set(blockers)) - got.keys(), timeout=60))
-    assert all(got[i]["ok"] and got[i]["value"] == big for i in accepted)
-
-    def accepts_again() -> bool:
-        reply = ack_collecting(peer, got, {"op": "submit", "ack": True, "ref": "again",
-                                 "tasks": [{"task": ECHO, "args": [1]}]})
-        return bool(reply["accepted"])
-
-    wait_until(accepts_again, 30, interval=0.2, message="never accepted work again")
 
 
 def test_a_journal_on_a_read_only_filesystem_stops_start_up_with_exit_4(

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from supervisor.client import Client, Subscriber
-from tests.conftest import Daemon, StartDaemon, ack_collecting, wait_until
+from tests.conftest import Daemon, StartDaemon, fill_journal_then_recover, wait_until
 
 ECHO = "workers.builtin:echo"
 SLEEP = "workers.builtin:sleep"
@@ -285,30 +285,6 @@ def test_a_full_journal_refuses_new_work_by_name_and_recovers(start_daemon: Star
     refused with JournalFull instead of being accepted unrecorded; every
     task that was accepted completes; once the queue drains it accepts again."""
     d = start_daemon(journal={"max_bytes": 512 * 1024, "retention_seconds": 0.0})
-    peer = d.raw()
-    blockers = [f"block{i}" for i in range(2)]
-    peer.send_msg({"op": "submit", "tasks": [{"task": SLEEP, "id": b, "args": [2.0]}
-                                              for b in blockers]})
-    accepted: list[str] = []
-    refused: list[dict[str, Any]] = []
-    got: dict[str, dict[str, Any]] = {}
-    big = "x" * 16_000
-    for i in range(200):
-        reply = ack_collecting(peer, got, {"op": "submit", "ack": True, "ref": i, "tasks": [
-            {"task": ECHO, "id": f"big{i}", "args": [big]}]})
-        accepted += reply["accepted"]
-        refused += [r["error"] for r in reply["rejected"]]
-        if refused:
-            break
-    assert refused and refused[0]["type"] == "JournalFull", (len(accepted), refused)
-    got.update(peer.results_for((set(accepted) | set(blockers)) - got.keys(), timeout=30))
-    assert all(got[i]["ok"] and got[i]["value"] == big for i in accepted)
-
-    def accepts_again() -> bool:
-        reply = ack_collecting(peer, got, {"op": "submit", "ack": True, "ref": "again",
-                            "tasks": [{"task": ECHO, "args": [1]}]})
-        return bool(reply["accepted"])
-
-    wait_until(accepts_again, 15, interval=0.2, message="never accepted work again")
+    fill_journal_then_recover(d.raw(), attempts=200, results_timeout=30, recover_timeout=15)
 
 
