@@ -15,7 +15,6 @@ import pytest
 from tests.conftest import StartDaemon, fill_journal_then_recover
 
 
-
 def _mount(size: str, read_only: bool = False) -> Iterator[Path]:
     where = Path(tempfile.mkdtemp(prefix="px-disk-"))
     options = f"size={size},mode=0700" + (",ro" if read_only else "")
