@@ -214,9 +214,7 @@ class Engine:
                 # Nothing may outlive this thread unfinished: a terminate()
                 # that set ``stop`` while step() ran past its check would
                 # otherwise end the loop with futures still pending.
-                if self.pending or self.outq or self.pong_waiters or self.ping_requests:
-                    reason = self.stop_reason
-                    self.fail_all(lambda i: ClientClosed("ClientClosed", reason, task_id=i))
+                self._fail_closed()
                 for link in self.links:
                     link.close()
 
@@ -293,8 +291,7 @@ class Engine:
         every link), heartbeat. Returns seconds until the next timer (None:
         nothing timed is due)."""
         if self.stop:
-            reason = self.stop_reason
-            self.fail_all(lambda i: ClientClosed("ClientClosed", reason, task_id=i))
+            self._fail_closed()
             return None
         now = time.monotonic()
         while self.ping_requests:
@@ -385,6 +382,11 @@ class Engine:
     def _fail_ids(self, ids: list[str], make: Any) -> None:
         for task_id in ids:
             self.complete_error(task_id, make(task_id))
+
+    def _fail_closed(self) -> None:
+        """Everything still pending ends in ClientClosed (the stop reason)."""
+        reason = self.stop_reason
+        self.fail_all(lambda i: ClientClosed("ClientClosed", reason, task_id=i))
 
     def fail_all(self, make: Any) -> None:
         self.outq.clear()

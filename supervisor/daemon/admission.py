@@ -57,14 +57,11 @@ def name_refusal(d: Daemon, name: str) -> RequestError | None:
     return None
 
 
-def check(d: Daemon, spec: TaskIn) -> RequestError | None:
-    """The RequestError that refuses this task, or None (hot path: no raise)."""
-    return Checker(d).check(spec)
-
-
 class Checker:
     """Per-task checks, with what they read bound once per request (a
-    request carries up to hundreds of tasks: the lookups add up)."""
+    request carries up to hundreds of tasks: the lookups add up).
+    ``check`` returns the RequestError that refuses a task, or None (hot
+    path: no raise)."""
 
     __slots__ = ("d", "known", "limits", "table", "id_chars")
 

@@ -50,7 +50,8 @@ log = structlog.get_logger("phalanx.payload")
 
 
 class LocalToken:
-    """Appended to a task's args by a local client (ext 3); never reaches the task."""
+    """What ext 3 decodes to in a worker (a local client appends it to a
+    task's args as LOCAL_WIRE); stripped before the task runs."""
 
     __slots__ = ()
 
@@ -97,15 +98,13 @@ def travels(obj: Any) -> bool:
     """Whether ``enc_hook`` encodes ``obj`` (a numpy array or scalar, or a
     shared-memory reference ``ClientPayload.prepare`` made)."""
     cls = obj.__class__
-    return cls is ShmArg or cls is LocalToken or arrays.is_numpy(obj)
+    return cls is ShmArg or arrays.is_numpy(obj)
 
 
 def enc_hook(obj: Any) -> Any:
     """msgspec ``enc_hook``: numpy arrays and scalars as extension values."""
     if obj.__class__ is ShmArg:
         return obj.ext
-    if obj.__class__ is LocalToken:
-        return Ext(layout.LOCAL, b"")
     if arrays.is_numpy(obj):
         import numpy as np
 
