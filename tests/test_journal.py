@@ -14,6 +14,7 @@ import pytest
 from supervisor.config import JournalSection
 from supervisor.core.tasks import Task, TaskTable, digest
 from supervisor.daemon.journal import Journal
+from supervisor.daemon.journal_handoff import HandoffFile
 from supervisor.daemon.journal_index import BYTES_PER_ID, BYTES_PER_ROW, RetainedIndex
 from supervisor.errors import IdConflict, JournalError, JournalFull
 from supervisor.protocol import NO_KWARGS, Result, encoder
@@ -60,8 +61,9 @@ class Daemonish:
 
     def hand_off(self, slot: int, n: int) -> list[Task]:
         tasks = [self.table.queue.popleft() for _ in range(n)]
+        idle = not self.held[slot]
         self.held[slot].extend(tasks)
-        self.journal.started(slot, self.gen[slot], tasks)
+        self.journal.started(slot, self.gen[slot], tasks, idle)
         return tasks
 
     def finish(self, slot: int, value: object = "v") -> Task:
@@ -138,6 +140,94 @@ def test_a_task_charged_to_its_limit_on_replay_fails_with_a_kept_result(tmp_path
     assert "quarantined" in error["message"]
     assert d.journal.result("killer") == failed
     d.journal.close()
+
+
+def test_a_task_that_kills_the_daemon_before_its_acceptance_is_recorded_is_still_quarantined(
+        tmp_path: Path) -> None:
+    """A task goes to an idle worker before the turn's commit records it.
+    If the daemon dies in that turn, the journal has no record of the task,
+    but the hand-off file names it: the restart keeps a charge against its
+    digest. The client (never acked) submits it again: it starts with that
+    charge, and out of attempts it is failed at once, result kept by id.
+    A charge used by a recorded acceptance is gone after the next restart."""
+    path = tmp_path / "j.db"
+    for round_ in range(3):
+        d = Daemonish(path)
+        assert d.replayed == []  # never recorded: nothing to queue again
+        task = make_task(d.table, "killer", 7)  # the client sends it again
+        assert d.journal.precharge(task) is None
+        assert (task.attempts, task.crashes) == (round_, round_)
+        d.table.add(task)
+        d.journal.accept(task)
+        d.hand_off(0, 1)  # the worker starts it; the daemon dies before commit()
+        d.journal.db.close()
+        d.journal._handoff.close()
+    d = Daemonish(path)
+    failed = d.journal.precharge(make_task(d.table, "killer", 7))
+    assert failed is not None and failed.attempts == 3
+    assert d.journal.precharge(make_task(d.table, "killer", 7)) is None  # used up
+    assert d.journal.commit()
+    got = d.journal.result("killer")
+    assert got == failed
+    error = msgspec.msgpack.decode(got.error)
+    assert error["type"] == "WorkerCrashed" and "quarantined" in error["message"]
+    d.journal.close()
+
+    # Another task's charge, used by an acceptance that is then recorded.
+    d = Daemonish(path)
+    other = d.submit("other", 8)
+    d.hand_off(1, 1)
+    d.journal.db.close()
+    d.journal._handoff.close()
+    d = Daemonish(path)
+    again = make_task(d.table, "other", 8)
+    assert d.journal.precharge(again) is None and again.attempts == 1
+    assert other.digest == again.digest
+    d.table.add(again)
+    d.journal.accept(again)
+    assert d.journal.commit()
+    d.journal.close()
+    d = Daemonish(path)
+    assert d.journal.charges == {}
+    assert [(t.id, t.attempts) for t in d.replayed] == [("other", 1)]
+    d.journal.close()
+
+
+def test_a_recorded_task_whose_hand_off_was_not_is_charged_from_the_hand_off_file(
+        tmp_path: Path) -> None:
+    """Accepted and committed, then given to an idle worker, and the daemon
+    dies before the commit that records the hand-off: the log cannot say
+    what ran, the hand-off file can. Only that task is charged."""
+    path = tmp_path / "j.db"
+    d = Daemonish(path)
+    d.submit("x")
+    d.submit("y")
+    assert d.journal.commit()
+    d.hand_off(0, 1)  # x starts; no commit
+    d.journal.db.close()
+    d.journal._handoff.close()
+    d = Daemonish(path)
+    assert {t.id: t.attempts for t in d.replayed} == {"x": 1, "y": 0}
+    d.journal.close()
+
+
+def test_a_torn_hand_off_record_is_ignored(tmp_path: Path) -> None:
+    """The daemon can die in the middle of writing a record: a record whose
+    fields do not check is not read as a charge."""
+    f = HandoffFile(tmp_path / "h", slots=2)
+    f.note(0, 1, 5, 11, 1234)
+    f.note(1, 2, 5, 12, 5678)
+    assert f.read(5) == [(0, 1, 11, 1234), (1, 2, 12, 5678)]
+    assert f.read(4) == []
+    f.note(70, 1, 5, 13, 9)  # a slot past the file's end grows it
+    assert f.read(5)[-1] == (70, 1, 13, 9)
+    f.close()
+    raw = bytearray((tmp_path / "h").read_bytes())
+    raw[8] ^= 1  # slot 0's key, half rewritten
+    (tmp_path / "h").write_bytes(bytes(raw))
+    f = HandoffFile(tmp_path / "h")
+    assert [slot for slot, *_ in f.read(5)] == [1, 70]
+    f.close()
 
 
 def test_the_same_id_with_other_arguments_is_refused(tmp_path: Path) -> None:
@@ -241,7 +331,7 @@ def test_a_schema_1_journal_is_migrated_without_losing_work(tmp_path: Path) -> N
     db = sqlite3.connect(path)
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     db.close()
-    assert tables == {"meta", "log", "finished"}
+    assert tables == {"meta", "log", "finished", "charges"}
 
 
 def test_size_stays_bounded_under_steady_load(tmp_path: Path) -> None:

@@ -230,11 +230,8 @@ class Daemon:
         self.journal.finish(task, result)  # recorded before it is sent
         self.outbox.deliver(task, result)
 
-    def handed_off(self, slot: int, generation: int, tasks: list[Task]) -> None:
-        self.journal.started(slot, generation, tasks)
-
-    def commit(self) -> bool:
-        return self.journal.commit()
+    def handed_off(self, slot: int, generation: int, tasks: list[Task], idle: bool) -> None:
+        self.journal.started(slot, generation, tasks, idle)
 
     def event(self, kind: str, **fields: Any) -> None:
         self.publisher.event(kind, **fields)

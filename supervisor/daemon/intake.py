@@ -244,6 +244,12 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
             defaults.retry_timeouts if spec.retry_timeouts is None else spec.retry_timeouts,
         )
         task.digest = fingerprint
+        if d.journal.charges:  # it may have killed phalanxd before it was recorded
+            quarantined = d.journal.precharge(task)
+            if quarantined is not None:
+                accepted.append(task_id)
+                (group.results if group is not None else replays).append(quarantined)
+                continue
         if group is not None:
             group.waiting += 1
         pool.accept(task)

@@ -9,13 +9,23 @@
                                       v         loop turn
                            SQLite (WAL, journal_store.py)
 
-The daemon calls ``commit()`` once per loop turn, just before it hands
+The daemon calls ``commit()`` once per loop turn, after it has handed
 tasks to workers and before it flushes replies: what that turn accepted,
 handed off and finished goes into one transaction (group commit). So an
-ack, a reply or a publication only ever tells of something recorded, and a
-task is recorded as handed to a worker before the worker can start it.
+ack, a reply or a publication only ever tells of something recorded.
 A turn writes at most one ``log`` row and one ``finished`` row; when it is
 one row (a lone round trip's two commits), it is one autocommit INSERT.
+
+Why the commit comes after the hand-off: a worker then runs its task
+while SQLite writes, instead of waiting for it; a lone call's latency
+loses one commit (40-100 us here). The price is a window of that one loop
+turn in which a worker runs a task the journal does not hold yet. If the
+daemon dies in it, nothing was acked, so the client sends the task again
+and it runs again (at least once). And if the task itself killed the
+daemon, the hand-off file (journal_handoff.py), written before the pipe
+write, names it: the restart keeps a charge against its digest, and the
+resubmission starts with its attempts charged (``precharge``), so it is
+quarantined all the same.
 
 On start, ``replay()`` rebuilds the unfinished tasks (they are queued
 again) and the index of retained results. The task a worker was running
@@ -49,11 +59,18 @@ from typing import Any
 import structlog
 
 from supervisor.config import JournalSection
-from supervisor.core.tasks import Task, TaskTable
+from supervisor.core.tasks import Task, TaskTable, digest
 from supervisor.daemon import journal_store as store
 from supervisor.daemon import journal_upkeep as upkeep
+from supervisor.daemon.journal_handoff import HandoffFile, path_for
 from supervisor.daemon.journal_index import KEY_MASK, RetainedIndex
-from supervisor.errors import IdConflict, JournalError, JournalFull, RequestError
+from supervisor.errors import (
+    WORKER_CRASHED,
+    IdConflict,
+    JournalError,
+    JournalFull,
+    RequestError,
+)
 from supervisor.protocol import Result, encoder, error_raw
 
 log = structlog.get_logger("phalanxd")
@@ -69,8 +86,14 @@ Identity = Callable[[], tuple[tuple[int, int], ...]]
 class Journal:
     enabled = True
 
-    def __init__(self, db: sqlite3.Connection, path: Path, cfg: JournalSection) -> None:
+    def __init__(self, db: sqlite3.Connection, path: Path, cfg: JournalSection,
+                 handoff: HandoffFile) -> None:
         self.db = db
+        self._handoff = handoff
+        # digest -> (attempts, crashes, wall time): tasks that killed the
+        # daemon before their acceptance was recorded (journal_handoff.py)
+        self.charges: dict[int, tuple[int, int, float]] = {}
+        self._uncharge: list[int] = []  # charges used: deleted with the next commit
         self._cur = db.cursor()  # one cursor for the hot path's statements
         self.path = path
         self.cfg = cfg
@@ -104,7 +127,13 @@ class Journal:
 
     @classmethod
     def open(cls, path: Path, cfg: JournalSection) -> Journal:
-        return cls(store.connect(path, cfg.synchronous, cfg.max_bytes), path, cfg)
+        db = store.connect(path, cfg.synchronous, cfg.max_bytes)
+        try:
+            handoff = HandoffFile(path_for(path))
+        except (OSError, ValueError) as exc:
+            db.close()
+            raise JournalError(f"journal hand-off file {path_for(path)}: {exc}") from None
+        return cls(db, path, cfg, handoff)
 
     def bind(self, table: TaskTable, workers: Workers, identity: Identity) -> None:
         self._table = table
@@ -115,8 +144,35 @@ class Journal:
     def accept(self, task: Task) -> None:
         self._acc.append(task)
 
-    def started(self, slot: int, gen: int, tasks: list[Task]) -> None:
+    def started(self, slot: int, gen: int, tasks: list[Task], idle: bool) -> None:
+        """Called before the pipe write. ``idle``: the worker held nothing,
+        so it starts ``tasks[0]`` at once, maybe before this turn's commit."""
         self._starts.append((slot, gen, tasks))
+        if idle:
+            t = tasks[0]
+            self._handoff.note(slot, gen, self._epoch, t.key,
+                               t.digest or digest(t.name, t.args, t.kwargs))
+
+    def precharge(self, task: Task) -> Result | None:
+        """A new task's charges, if it killed phalanxd before its acceptance
+        was recorded (only called while ``charges`` has any): its attempts
+        so far, or, out of attempts, its failed result (recorded)."""
+        dg = task.digest or digest(task.name, task.args, task.kwargs)
+        found = self.charges.pop(dg, None)
+        if found is None:
+            return None
+        self._uncharge.append(dg)
+        task.attempts, task.crashes = found[0], found[1]
+        if task.attempts < task.max_attempts:
+            return None
+        result = Result(task.id, task.name, False, task.attempts, error=error_raw(
+            WORKER_CRASHED, f"phalanxd died while this task was running (attempt "
+            f"{task.attempts} of {task.max_attempts}); quarantined after killing "
+            f"{task.crashes} workers or daemons"))
+        log.warning("task_quarantined_on_submit", id=task.id, task=task.name,
+                    attempts=task.attempts)
+        self._fin.append((task, result))
+        return result
 
     def finish(self, task: Task, result: Result) -> None:
         if not result.ok and result.error and SHUTTING_DOWN in bytes(result.error):
@@ -157,7 +213,7 @@ class Journal:
         """Write this turn's records in one transaction; False if they could
         not be written (they are kept and retried; replies wait)."""
         if not (self._acc or self._starts or self._fin or self._compact_due
-                or self._identity_due):
+                or self._identity_due or self._uncharge):
             return not self.failing
         now_mono = time.monotonic()
         if self.failing and now_mono < self._retry_at:
@@ -213,11 +269,15 @@ class Journal:
         fin = self._fin
         skew = now - now_mono  # monotonic acceptance times to wall clock
         workers = None if identity == self._identity else encoder.encode(identity)
-        if self._compact_due:
+        together = bool(self._compact_due or self._uncharge)
+        written = 0
+        if together:
             cur.execute("BEGIN")
+            if self._uncharge:  # in the transaction of the acceptance they charged
+                cur.executemany("DELETE FROM charges WHERE digest=?",
+                                [(store.signed(dg),) for dg in self._uncharge])
+        if self._compact_due:
             self._write_snapshot(identity, now, now_mono)
-            together = True
-            written = 0
         else:
             accepted = started = None
             if self._acc:
@@ -230,12 +290,10 @@ class Journal:
                     (slot, gen, [t.key for t in tasks],
                      [(t.key, t.attempts, t.crashes) for t in tasks if t.attempts])
                     for slot, gen, tasks in self._starts])
-            together = False
-            written = 0
             if accepted is not None or started is not None or workers is not None:
                 written = (0 if accepted is None else len(accepted)) + (
                     0 if started is None else len(started))
-                if fin:
+                if fin and not together:
                     together = True
                     cur.execute("BEGIN")
                 cur.execute("INSERT INTO log(epoch, accepted, started, workers) VALUES(?, ?, ?, ?)",
@@ -251,6 +309,8 @@ class Journal:
             written += len(body)
         if together:
             cur.execute("COMMIT")
+            if self._uncharge:
+                self._uncharge = []
         self._since_check += written
         return fin_row
 
@@ -335,6 +395,7 @@ class Journal:
         except sqlite3.Error:
             pass
         self.db.close()
+        self._handoff.close()
 
     # ------------------------------------------------------------ replay
     def replay(self, next_key: Callable[[], int], defaults_now: float

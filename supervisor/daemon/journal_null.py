@@ -25,6 +25,7 @@ class NullJournal:
 
     def __init__(self) -> None:
         self._held: list[tuple[bytes, bytes, bool]] = []
+        self.charges: dict[int, tuple[int, int, float]] = {}  # never any
 
     def bind(self, table: TaskTable, workers: Workers, identity: Identity) -> None:
         pass
@@ -32,8 +33,11 @@ class NullJournal:
     def accept(self, task: Task) -> None:
         pass
 
-    def started(self, slot: int, gen: int, tasks: list[Task]) -> None:
+    def started(self, slot: int, gen: int, tasks: list[Task], idle: bool) -> None:
         pass
+
+    def precharge(self, task: Task) -> Result | None:
+        return None
 
     def finish(self, task: Task, result: Result) -> None:
         pass

@@ -8,6 +8,11 @@ the one that worker was running (workers run what they hold in order), so
 it is charged an attempt, as if its worker had crashed under it. Then one
 transaction replaces the log by the pending tasks under this start's keys
 (a new epoch), so keys never collide across restarts.
+
+A task an idle worker was given in the turn the daemon died, and that the
+log does not hold (its acceptance was not committed yet), is named by the
+hand-off file (journal_handoff.py): it becomes a charge against its
+digest, used when the task is submitted again (Journal.precharge).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ def replay(j: Journal, next_key: Callable[[], int], now_mono: float
     accepted: dict[tuple[int, int], store.TaskRecord] = {}
     last_start: dict[tuple[int, int], tuple[int, int, int, int]] = {}  # -> slot, epoch, gen, order
     live: dict[int, tuple[int, int]] = {}  # slot -> (epoch, gen) of its last worker
+    newest: dict[int, int] = {}  # slot -> the newest generation the log names in epoch
     order = 0
     for e, acc, started, workers in db.execute(
             "SELECT epoch, accepted, started, workers FROM log ORDER BY n"):
@@ -54,6 +60,9 @@ def replay(j: Journal, next_key: Callable[[], int], now_mono: float
                         charged.attempts, charged.crashes = attempts, crashes
         if workers is not None:
             live = {w.slot: (e, w.gen) for w in store.workers_decoder.decode(workers)}
+            if e == epoch:
+                for slot, (_e, gen) in live.items():
+                    newest[slot] = max(gen, newest.get(slot, 0))
     # Results: retained (indexed), and which logged ids they finish. The
     # set is of the log's ids only, so its size is the log's, not retention's.
     logged = {rec.id for rec in accepted.values()}
@@ -78,13 +87,34 @@ def replay(j: Journal, next_key: Callable[[], int], now_mono: float
             best = running.get(slot)
             if best is None or seq < best[0]:
                 running[slot] = (seq, rec)
+    # Where the log cannot say (the hand-off was not committed), the
+    # hand-off file names what a slot's latest worker started.
+    wall = time.time()
+    charges = {store.unsigned(dg): (a, c, at) for dg, a, c, at in
+               db.execute("SELECT digest, attempts, crashes, at FROM charges")}
+    new_charges: list[int] = []
+    for slot, gen, key, dg in j._handoff.read(epoch):
+        if slot in running:
+            continue  # the log knows what this slot's worker was running
+        if live.get(slot) != (epoch, gen) and gen <= newest.get(slot, 0):
+            continue  # the log knows this worker died (its tasks were requeued)
+        given = accepted.get((epoch, key))
+        if given is None:  # its acceptance was not committed either
+            if dg not in new_charges:
+                a, c, _at = charges.get(dg, (0, 0, wall))
+                charges[dg] = (a + 1, c + 1, wall)
+                new_charges.append(dg)
+            continue
+        found = pending.get(given.id)
+        if found is not None and found[1] is given and all(
+                r is not given for _, r in running.values()):
+            running[slot] = (0, given)
     for _, rec in running.values():
         rec.attempts += 1
         rec.crashes += 1
     tasks: list[Task] = []
     failed: list[Result] = []
     failed_recs: list[tuple[int, float, Result]] = []
-    wall = time.time()
     for _, rec in pending.values():
         if rec.attempts >= rec.max_attempts:
             message = (f"phalanxd died while this task was running (attempt {rec.attempts} of "
@@ -118,9 +148,14 @@ def replay(j: Journal, next_key: Callable[[], int], now_mono: float
         cur = db.execute("INSERT INTO finished(at, bytes, body) VALUES(?, ?, ?)",
                          (wall, len(fbody), fbody))
         fin_row = (int(cur.lastrowid or 0), len(fbody), [r.id or "" for _, _, r in failed_recs])
+    db.executemany("INSERT OR REPLACE INTO charges VALUES(?, ?, ?, ?)",
+                   [(store.signed(dg), *charges[dg]) for dg in new_charges])
     db.execute("COMMIT")
+    j._handoff.clear()  # read: what is in it now is this epoch's
+    j.charges = charges
     if fin_row is not None:
         j._retain(*fin_row, wall)
     log.info("journal_replayed", path=str(j.path), pending=len(tasks), failed=len(failed),
-             retained=len(j._index), charged=len(running))
+             retained=len(j._index), charged=len(running) + len(new_charges),
+             charged_unrecorded=len(new_charges))
     return tasks, failed

@@ -26,6 +26,10 @@ Tables (``n`` grows with time; ``epoch`` counts daemon starts)::
                               (the generation each slot runs; 0: none)
     finished(n, at, bytes, body)
                               results: FinishRecord[]; ``at`` is wall time
+    charges(digest, attempts, crashes, at)
+                              tasks that killed the daemon before their
+                              acceptance was recorded (journal_handoff.py),
+                              by digest (signed: SQLite's integers are)
     meta(key, value)          schema version, epoch
 """
 
@@ -88,7 +92,18 @@ CREATE TABLE IF NOT EXISTS log(n INTEGER PRIMARY KEY, epoch INTEGER NOT NULL,
                                accepted BLOB, started BLOB, workers BLOB);
 CREATE TABLE IF NOT EXISTS finished(n INTEGER PRIMARY KEY, at REAL NOT NULL,
                                     bytes INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS charges(digest INTEGER PRIMARY KEY, attempts INTEGER NOT NULL,
+                                   crashes INTEGER NOT NULL, at REAL NOT NULL);
 """
+
+
+def signed(digest: int) -> int:
+    """A 64-bit digest as SQLite's signed INTEGER (``unsigned`` undoes it)."""
+    return digest - (1 << 64) if digest >> 63 else digest
+
+
+def unsigned(value: int) -> int:
+    return value & ((1 << 64) - 1)
 
 
 def _aside(path: Path) -> str:

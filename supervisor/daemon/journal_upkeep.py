@@ -50,7 +50,7 @@ def recent(self: Journal, limit: int) -> list[dict[str, Any]]:
 def stats(self: Journal) -> dict[str, Any]:
     return {"path": str(self.path), "retained": len(self._index),
             "retained_bytes": self._retained.bytes, "full": self.full,
-            "failing": self.failing, "commits": self.commits,
+            "failing": self.failing, "commits": self.commits, "charges": len(self.charges),
             "file_bytes": _size(self.path) + _size(Path(f"{self.path}-wal"))}
 
 # ---------------------------------------------------------- upkeep
@@ -87,6 +87,11 @@ def prune(self: Journal, now: float | None = None) -> None:
     check_space(self)
 
 def expire(self: Journal, cutoff: float, max_bytes: int) -> None:
+    if self.charges:  # never resubmitted: kept as long as a result would be
+        old = [dg for dg, (_a, _c, at) in self.charges.items() if at < cutoff]
+        for dg in old:
+            del self.charges[dg]
+        self._uncharge.extend(old)
     last = self._retained.expire(cutoff, max_bytes)
     if last:
         for n in [n for n in self._rows if n <= last]:

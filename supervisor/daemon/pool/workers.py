@@ -274,19 +274,17 @@ class WorkerIO:
             was_idle = not slot.inflight
             tasks = table.assign(slot, n)
             s.counters.dispatched(tasks, now)  # queue wait (observe/)
-            s.events.handed_off(slot.index, slot.generation, tasks)
+            s.events.handed_off(slot.index, slot.generation, tasks, was_idle)
             if was_idle:
                 slot.head_since = now
             handoffs.append((slot, tasks))
         if not handoffs:
             return
-        # Recorded as handed off before any worker can start them: what lets
-        # a restarted daemon charge the task that was running when it died.
-        # If the journal cannot write (a failing or full disk), the work
-        # still goes out: acks and results wait for the journal anyway, and
-        # stalling accepted work would not make it safer; what that window
-        # can miss is the charge of a task that kills the daemon itself.
-        s.events.commit()
+        # The journal records these hand-offs in this turn's commit, which
+        # runs after the writes below, while the workers run (journal.py
+        # says why, and how a task that kills the daemon before that commit
+        # is still charged). If the journal cannot write (a failing or full
+        # disk), the work still goes out: acks and results wait for it.
         for slot, tasks in handoffs:
             handle = slot.handle
             assert handle is not None
