@@ -66,6 +66,12 @@ def test_an_id_is_one_task_another_task_under_it_is_refused(daemon: Daemon) -> N
         assert peer.last["mine"]["value"] == 1
         peer.request({"op": "submit", "tasks": [{"task": ECHO, "id": "x" * 300, "args": [1]}]})
         assert peer.rejected[-1]["error"]["type"] == "BadRequest", peer.rejected
+        # An id the daemon chose (none was sent) is checked the same way.
+        peer.request({"op": "submit", "tasks": [{"task": ECHO, "args": [5]}]})
+        chosen = peer.accepted[-1]
+        peer.wait(lambda: peer.results[chosen] == 1, 10, "the id-less task's result")
+        peer.request({"op": "submit", "tasks": [{"task": ECHO, "id": chosen, "args": [6]}]})
+        assert peer.rejected[-1]["error"]["type"] == "IdConflict", peer.rejected
     finally:
         peer.close()
 

@@ -253,7 +253,8 @@ class TaskTable:
 
 def digest(name: str, args: bytes, kwargs: bytes) -> int:
     """What makes a task the task it is: its name and its argument bytes,
-    as a 64-bit integer (never 0: 0 means "not computed", a daemon-chosen id).
+    as a 64-bit integer (never 0: 0 means "not known", a task migrated from
+    a schema-1 journal's results).
 
     The task id is the idempotency key; the same id with another digest is
     another task, refused instead of answered with the wrong result. One

@@ -173,8 +173,9 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
         err = refusal or check_one(spec)
         fingerprint = 0
         if err is None:  # journal: the id is the idempotency key
-            if spec.id is not None:  # one digest: the journal's and the task table's
-                fingerprint = digest(spec.task, spec.args or NO_ARGS, spec.kwargs or NO_KWARGS)
+            # One digest: the journal's and the task table's. Also for an id
+            # the daemon chooses: a later submission may name that id.
+            fingerprint = digest(spec.task, spec.args or NO_ARGS, spec.kwargs or NO_KWARGS)
             found = d.journal.lookup(spec.id, fingerprint)
             if isinstance(found, Result):
                 accepted.append(spec.id or "")

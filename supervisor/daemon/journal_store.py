@@ -41,6 +41,7 @@ from pathlib import Path
 
 import msgspec
 
+from supervisor.core.tasks import digest
 from supervisor.errors import JournalError
 from supervisor.protocol import Result
 
@@ -60,7 +61,7 @@ class TaskRecord(msgspec.Struct, array_like=True):
     retry_timeouts: bool
     attempts: int
     crashes: int
-    digest: int  # supervisor.core.tasks.digest; 0: the daemon chose the id
+    digest: int  # supervisor.core.tasks.digest
     accepted: float  # wall clock
 
 
@@ -184,13 +185,14 @@ def connect(path: Path, synchronous: str, max_bytes: int) -> sqlite3.Connection:
 def _migrate_v1(db: sqlite3.Connection) -> None:
     """Schema 1 (a table each for accepted, started and worker; CRC-32
     digests) to 2, inside the opening transaction: the same records as log
-    rows; their digests become 0, unknown (not checked: the digest changed)."""
+    rows, each accepted task's digest computed again from its name and
+    arguments; a result's becomes 0, unknown (its arguments are not kept)."""
     encode = msgspec.msgpack.encode
     db.execute(_SCHEMA.split(";")[0])
     for epoch, body in db.execute("SELECT epoch, body FROM accepted ORDER BY n").fetchall():
         tasks = tasks_decoder.decode(body)
         for t in tasks:
-            t.digest = 0
+            t.digest = digest(t.task, t.args, t.kwargs)
         db.execute("INSERT INTO log(epoch, accepted) VALUES(?, ?)", (epoch, encode(tasks)))
     for epoch, body in db.execute("SELECT epoch, body FROM started ORDER BY n").fetchall():
         db.execute("INSERT INTO log(epoch, started) VALUES(?, ?)", (epoch, body))
