@@ -157,8 +157,11 @@ class Ears:
     def event(self, kind: str, **fields: Any) -> None:
         self.events.append((kind, fields))
 
-    def handed_off(self, slot: int, generation: int, tasks: list[Task], idle: bool) -> None:
-        pass
+    def handed_off(self, slot: int, generation: int, tasks: list[Task], idle: bool) -> bool:
+        return True
+
+    def commit(self) -> bool:
+        return True
 
     def wants_event(self, kind: str) -> bool:
         return True

@@ -63,7 +63,8 @@ class Daemonish:
         tasks = [self.table.queue.popleft() for _ in range(n)]
         idle = not self.held[slot]
         self.held[slot].extend(tasks)
-        self.journal.started(slot, self.gen[slot], tasks, idle)
+        if not self.journal.started(slot, self.gen[slot], tasks, idle):
+            self.journal.commit()  # as dispatch does: recorded before the worker starts
         return tasks
 
     def finish(self, slot: int, value: object = "v") -> Task:
@@ -151,21 +152,57 @@ def test_a_task_that_kills_the_daemon_before_its_acceptance_is_recorded_is_still
     charge, and out of attempts it is failed at once, result kept by id.
     A charge used by a recorded acceptance is gone after the next restart."""
     path = tmp_path / "j.db"
-    for round_ in range(3):
-        d = Daemonish(path)
-        assert d.replayed == []  # never recorded: nothing to queue again
+
+    def resubmitted(d: Daemonish, max_attempts: int = 3) -> Task:
         task = make_task(d.table, "killer", 7)  # the client sends it again
-        assert d.journal.precharge(task) is None
-        assert (task.attempts, task.crashes) == (round_, round_)
-        d.table.add(task)
-        d.journal.accept(task)
-        d.hand_off(0, 1)  # the worker starts it; the daemon dies before commit()
-        d.journal.db.close()
-        d.journal._handoff.close()
+        task.max_attempts = max_attempts
+        return task
+
     d = Daemonish(path)
-    failed = d.journal.precharge(make_task(d.table, "killer", 7))
-    assert failed is not None and failed.attempts == 3
-    assert d.journal.precharge(make_task(d.table, "killer", 7)) is None  # used up
+    task = resubmitted(d)
+    d.table.add(task)
+    d.journal.accept(task)
+    d.hand_off(0, 1)  # a lone task: the worker starts it before commit(); the daemon dies
+    d.journal.db.close()
+    d.journal._handoff.close()
+
+    d = Daemonish(path)
+    assert d.replayed == []  # never recorded: nothing to queue again
+    task = resubmitted(d)
+    assert d.journal.precharge(task) is None
+    assert (task.attempts, task.crashes) == (1, 1)
+    d.table.add(task)
+    d.journal.accept(task)
+    d.hand_off(0, 1)  # charged, so not lone: recorded first; it kills the daemon again
+    d.journal.db.close()
+    d.journal._handoff.close()
+
+    d = Daemonish(path)
+    assert d.journal.charges == {}  # used by the recorded acceptance
+    assert [(t.id, t.attempts) for t in d.replayed] == [("killer", 2)]
+    d.hand_off(0, 1)
+    d.journal.db.close()
+    d.journal._handoff.close()
+
+    d = Daemonish(path)
+    (failed,) = d.failed
+    assert failed.attempts == 3 and d.journal.result("killer") == failed
+    d.journal.close()
+
+    # With max_attempts 1, one unrecorded death is enough: the resubmission
+    # is answered at once, WorkerCrashed, and kept by id.
+    path = tmp_path / "j2.db"
+    d = Daemonish(path)
+    task = resubmitted(d, 1)
+    d.table.add(task)
+    d.journal.accept(task)
+    d.hand_off(0, 1)
+    d.journal.db.close()
+    d.journal._handoff.close()
+    d = Daemonish(path)
+    failed = d.journal.precharge(resubmitted(d, 1))
+    assert failed is not None and failed.attempts == 1
+    assert d.journal.precharge(resubmitted(d, 1)) is None  # used up
     assert d.journal.commit()
     got = d.journal.result("killer")
     assert got == failed
@@ -211,16 +248,51 @@ def test_a_recorded_task_whose_hand_off_was_not_is_charged_from_the_hand_off_fil
     d.journal.close()
 
 
+def test_what_a_commit_recorded_leaves_no_charge_behind(tmp_path: Path) -> None:
+    """A lone task's note is cleared by the commit that records it: once it
+    finished (and the log was compacted, which forgets finished tasks), a
+    crash charges nothing, and the same task submitted again starts clean.
+    A batch, a busy worker or a retry is not noted: recorded first."""
+    path = tmp_path / "j.db"
+    d = Daemonish(path)
+    d.submit("a", 1)
+    assert d.journal.started(0, 1, [d.table.queue.popleft()], True) is True  # lone
+    d.held[0].append(d.table.by_id["a"])
+    assert d.journal.commit()
+    d.finish(0)
+    assert d.journal.commit()
+    d.journal._compact_due = True
+    assert d.journal.commit()
+    d.submit("b", 2)
+    d.submit("c", 3)
+    d.submit("d", 4)
+    assert d.journal.started(0, 1, list(d.table.queue), True) is False  # a batch
+    assert d.journal.started(1, 1, [d.table.queue[0]], False) is False  # a busy worker
+    retry = d.table.queue[1]
+    retry.attempts = 1
+    assert d.journal.started(1, 1, [retry], True) is False  # a retry
+    d.journal.db.close()  # dies before committing those
+    d.journal._handoff.close()
+    d = Daemonish(path)
+    assert d.journal.charges == {}
+    again = make_task(d.table, "a2", 1)
+    assert d.journal.precharge(again) is None and again.attempts == 0
+    d.journal.close()
+
+
 def test_a_torn_hand_off_record_is_ignored(tmp_path: Path) -> None:
     """The daemon can die in the middle of writing a record: a record whose
     fields do not check is not read as a charge."""
     f = HandoffFile(tmp_path / "h", slots=2)
-    f.note(0, 1, 5, 11, 1234)
-    f.note(1, 2, 5, 12, 5678)
-    assert f.read(5) == [(0, 1, 11, 1234), (1, 2, 12, 5678)]
+    f.note(0, 5, 11, 1234)
+    f.note(1, 5, 12, 5678)
+    assert f.read(5) == [(0, 11, 1234), (1, 12, 5678)]
     assert f.read(4) == []
-    f.note(70, 1, 5, 13, 9)  # a slot past the file's end grows it
-    assert f.read(5)[-1] == (70, 1, 13, 9)
+    f.note(70, 5, 13, 9)  # a slot past the file's end grows it
+    assert f.read(5)[-1] == (70, 13, 9)
+    f.note(2, 5, 14, 1)
+    f.forget(2)  # its commit recorded it
+    assert [slot for slot, *_ in f.read(5)] == [0, 1, 70]
     f.close()
     raw = bytearray((tmp_path / "h").read_bytes())
     raw[8] ^= 1  # slot 0's key, half rewritten

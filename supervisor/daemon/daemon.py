@@ -230,8 +230,12 @@ class Daemon:
         self.journal.finish(task, result)  # recorded before it is sent
         self.outbox.deliver(task, result)
 
-    def handed_off(self, slot: int, generation: int, tasks: list[Task], idle: bool) -> None:
-        self.journal.started(slot, generation, tasks, idle)
+    def handed_off(self, slot: int, generation: int, tasks: list[Task], idle: bool) -> bool:
+        """Recorded with this turn's commit; True if it may go before it."""
+        return self.journal.started(slot, generation, tasks, idle)
+
+    def commit(self) -> bool:
+        return self.journal.commit()
 
     def event(self, kind: str, **fields: Any) -> None:
         self.publisher.event(kind, **fields)

@@ -9,23 +9,26 @@
                                       v         loop turn
                            SQLite (WAL, journal_store.py)
 
-The daemon calls ``commit()`` once per loop turn, after it has handed
-tasks to workers and before it flushes replies: what that turn accepted,
-handed off and finished goes into one transaction (group commit). So an
-ack, a reply or a publication only ever tells of something recorded.
-A turn writes at most one ``log`` row and one ``finished`` row; when it is
-one row (a lone round trip's two commits), it is one autocommit INSERT.
+The daemon calls ``commit()`` once per loop turn, before it flushes
+replies: what that turn accepted, handed off and finished goes into one
+transaction (group commit). So an ack, a reply or a result's publication
+only ever tells of something recorded. A turn writes at most one ``log``
+row and one ``finished`` row; when it is one row (a lone round trip's two
+commits), it is one autocommit INSERT.
 
-Why the commit comes after the hand-off: a worker then runs its task
-while SQLite writes, instead of waiting for it; a lone call's latency
-loses one commit (40-100 us here). The price is a window of that one loop
-turn in which a worker runs a task the journal does not hold yet. If the
-daemon dies in it, nothing was acked, so the client sends the task again
-and it runs again (at least once). And if the task itself killed the
-daemon, the hand-off file (journal_handoff.py), written before the pipe
-write, names it: the restart keeps a charge against its digest, and the
-resubmission starts with its attempts charged (``precharge``), so it is
-quarantined all the same.
+Hand-offs are recorded before the worker can start them (dispatch commits
+first), except a lone one: one task, not a retry, for an idle worker.
+That one goes first and the turn's commit runs while the worker does, so a
+lone call waits for one commit, not two (40-100 us here). The price is a
+window of that loop turn in which a worker runs a task the journal does
+not hold yet. If the daemon dies in it, nothing was acked, so the client
+sends the task again and it runs again (at least once). And if the task
+itself killed the daemon, the hand-off file (journal_handoff.py), written
+before the pipe write, names it: the restart charges it (by its digest
+when the log does not have it; the resubmission starts with that charge,
+``precharge``), so it is quarantined all the same. Only a lone task goes
+first because only then is the worker's next task known: with a batch, or
+a worker still busy, a later task of it might start before the commit.
 
 On start, ``replay()`` rebuilds the unfinished tasks (they are queued
 again) and the index of retained results. The task a worker was running
@@ -94,6 +97,7 @@ class Journal:
         # daemon before their acceptance was recorded (journal_handoff.py)
         self.charges: dict[int, tuple[int, int, float]] = {}
         self._uncharge: list[int] = []  # charges used: deleted with the next commit
+        self._noted: list[int] = []  # slots whose hand-off record this turn's commit clears
         self._cur = db.cursor()  # one cursor for the hot path's statements
         self.path = path
         self.cfg = cfg
@@ -144,14 +148,20 @@ class Journal:
     def accept(self, task: Task) -> None:
         self._acc.append(task)
 
-    def started(self, slot: int, gen: int, tasks: list[Task], idle: bool) -> None:
-        """Called before the pipe write. ``idle``: the worker held nothing,
-        so it starts ``tasks[0]`` at once, maybe before this turn's commit."""
+    def started(self, slot: int, gen: int, tasks: list[Task], idle: bool) -> bool:
+        """Called before the pipe write (``idle``: the worker held nothing).
+        True: the hand-off may go before this turn's commit (a lone task,
+        noted in the hand-off file); False: commit first."""
         self._starts.append((slot, gen, tasks))
-        if idle:
-            t = tasks[0]
-            self._handoff.note(slot, gen, self._epoch, t.key,
-                               t.digest or digest(t.name, t.args, t.kwargs))
+        if not idle or len(tasks) != 1 or tasks[0].attempts:
+            return False
+        t = tasks[0]
+        try:
+            self._handoff.note(slot, self._epoch, t.key, t.digest or digest(t.name, t.args, t.kwargs))
+        except (OSError, ValueError):  # the file could not grow: record it first instead
+            return False
+        self._noted.append(slot)
+        return True
 
     def precharge(self, task: Task) -> Result | None:
         """A new task's charges, if it killed phalanxd before its acceptance
@@ -241,6 +251,10 @@ class Journal:
             log.info("journal_commit_recovered", path=str(self.path))
             self.failing = False
             self._check_space()
+        if self._noted:  # recorded now: a restart needs no note of them
+            for slot in self._noted:
+                self._handoff.forget(slot)
+            self._noted = []
         self.commits += 1
         self._identity = identity
         self._identity_due = self._compact_due = False

@@ -33,8 +33,8 @@ class NullJournal:
     def accept(self, task: Task) -> None:
         pass
 
-    def started(self, slot: int, gen: int, tasks: list[Task], idle: bool) -> None:
-        pass
+    def started(self, slot: int, gen: int, tasks: list[Task], idle: bool) -> bool:
+        return True
 
     def precharge(self, task: Task) -> Result | None:
         return None

@@ -9,10 +9,12 @@ it is charged an attempt, as if its worker had crashed under it. Then one
 transaction replaces the log by the pending tasks under this start's keys
 (a new epoch), so keys never collide across restarts.
 
-A task an idle worker was given in the turn the daemon died, and that the
-log does not hold (its acceptance was not committed yet), is named by the
-hand-off file (journal_handoff.py): it becomes a charge against its
-digest, used when the task is submitted again (Journal.precharge).
+A lone task an idle worker was given in the turn the daemon died, before
+that turn's commit, is named by the hand-off file (journal_handoff.py):
+it is what that worker was running, whatever the log says of the slot.
+In the log, it is charged; not in it (its acceptance was not committed
+either), it becomes a charge against its digest, used when the task is
+submitted again (Journal.precharge).
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ def replay(j: Journal, next_key: Callable[[], int], now_mono: float
     accepted: dict[tuple[int, int], store.TaskRecord] = {}
     last_start: dict[tuple[int, int], tuple[int, int, int, int]] = {}  # -> slot, epoch, gen, order
     live: dict[int, tuple[int, int]] = {}  # slot -> (epoch, gen) of its last worker
-    newest: dict[int, int] = {}  # slot -> the newest generation the log names in epoch
     order = 0
     for e, acc, started, workers in db.execute(
             "SELECT epoch, accepted, started, workers FROM log ORDER BY n"):
@@ -60,9 +61,6 @@ def replay(j: Journal, next_key: Callable[[], int], now_mono: float
                         charged.attempts, charged.crashes = attempts, crashes
         if workers is not None:
             live = {w.slot: (e, w.gen) for w in store.workers_decoder.decode(workers)}
-            if e == epoch:
-                for slot, (_e, gen) in live.items():
-                    newest[slot] = max(gen, newest.get(slot, 0))
     # Results: retained (indexed), and which logged ids they finish. The
     # set is of the log's ids only, so its size is the log's, not retention's.
     logged = {rec.id for rec in accepted.values()}
@@ -87,17 +85,15 @@ def replay(j: Journal, next_key: Callable[[], int], now_mono: float
             best = running.get(slot)
             if best is None or seq < best[0]:
                 running[slot] = (seq, rec)
-    # Where the log cannot say (the hand-off was not committed), the
-    # hand-off file names what a slot's latest worker started.
+    # A hand-off the dying turn did not commit: the last thing that slot's
+    # worker was given (it was idle), so what it was running; what the log
+    # guessed for the slot had finished (its result not committed either).
     wall = time.time()
     charges = {store.unsigned(dg): (a, c, at) for dg, a, c, at in
                db.execute("SELECT digest, attempts, crashes, at FROM charges")}
     new_charges: list[int] = []
-    for slot, gen, key, dg in j._handoff.read(epoch):
-        if slot in running:
-            continue  # the log knows what this slot's worker was running
-        if live.get(slot) != (epoch, gen) and gen <= newest.get(slot, 0):
-            continue  # the log knows this worker died (its tasks were requeued)
+    for slot, key, dg in j._handoff.read(epoch):
+        running.pop(slot, None)
         given = accepted.get((epoch, key))
         if given is None:  # its acceptance was not committed either
             if dg not in new_charges:
@@ -106,8 +102,7 @@ def replay(j: Journal, next_key: Callable[[], int], now_mono: float
                 new_charges.append(dg)
             continue
         found = pending.get(given.id)
-        if found is not None and found[1] is given and all(
-                r is not given for _, r in running.values()):
+        if found is not None and found[1] is given:
             running[slot] = (0, given)
     for _, rec in running.values():
         rec.attempts += 1

@@ -268,23 +268,30 @@ class WorkerIO:
         s = self.s
         table = s.table
         handoffs = []
+        commit_first = False
         for slot, n in plan(len(table.queue), s.slots):
             if slot.handle is None:
                 continue
             was_idle = not slot.inflight
             tasks = table.assign(slot, n)
             s.counters.dispatched(tasks, now)  # queue wait (observe/)
-            s.events.handed_off(slot.index, slot.generation, tasks, was_idle)
+            if not s.events.handed_off(slot.index, slot.generation, tasks, was_idle):
+                commit_first = True
             if was_idle:
                 slot.head_since = now
             handoffs.append((slot, tasks))
         if not handoffs:
             return
-        # The journal records these hand-offs in this turn's commit, which
-        # runs after the writes below, while the workers run (journal.py
-        # says why, and how a task that kills the daemon before that commit
-        # is still charged). If the journal cannot write (a failing or full
-        # disk), the work still goes out: acks and results wait for it.
+        # Recorded as handed off before any worker can start them: what lets
+        # a restarted daemon charge the task that was running when it died.
+        # A lone task (journal.started says which) goes first instead, and
+        # this turn's commit runs while its worker does (journal.py says
+        # why and how it is still charged). If the journal cannot write (a
+        # failing or full disk), the work still goes out: acks and results
+        # wait for the journal anyway; what that window can miss is the
+        # charge of a task that kills the daemon itself.
+        if commit_first:
+            s.events.commit()
         for slot, tasks in handoffs:
             handle = slot.handle
             assert handle is not None
