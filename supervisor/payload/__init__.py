@@ -26,13 +26,13 @@ private Pool, whose channel carries pickle.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import weakref
 from typing import Any
 
 import msgspec
-import structlog
 
 from supervisor.payload import arrays, layout, shm, tuples
 
@@ -46,7 +46,10 @@ SHM_MIN_BYTES = int(os.environ.get("PHALANX_SHM_MIN_BYTES", str(1024 * 1024)))
 # A client sends its batch once this many bytes of arrays are in it inline.
 FLUSH_BYTES = 1024 * 1024
 Ext = msgspec.msgpack.Ext
-log = structlog.get_logger("phalanx.payload")
+# The client's side logs through the standard library, as a library should
+# (the application configures it), and does not import structlog (and with it
+# asyncio) only for this one warning: ~60 ms of a fresh process's first Pool.
+log = logging.getLogger("phalanx.payload")
 
 
 class LocalToken:
@@ -262,7 +265,8 @@ class ClientPayload:
                 arg = ShmArg(obj)
             except shm.ShmError as exc:
                 # /dev/shm full: the message lane, under the daemon's limits.
-                log.warning("shm_unavailable", error=str(exc), nbytes=obj.nbytes)
+                log.warning("shm_unavailable: %s (an array of %d bytes travels inline)",
+                            exc, obj.nbytes)
             else:
                 self._copied = True
                 self.segments += 1
