@@ -16,14 +16,15 @@ $(STAMP): pyproject.toml
 # Byte-compile our own modules, as pip does for a regular (non-editable)
 # install: an editable install runs them from the source tree, and with
 # PYTHONDONTWRITEBYTECODE set every process would compile them again at
-# import (~130 ms before the first Pool). Up-to-date files are skipped.
+# import (~130 ms before the first Pool). Up-to-date files are skipped, so
+# demo, test and bench run it every time: an edited module is compiled once.
 install: $(STAMP)
 	$(PY) -m compileall -q supervisor workers
 
-demo: $(STAMP)
+demo: install
 	$(PY) -m supervisor.demo
 
-test: $(STAMP) test-deps
+test: install test-deps
 	$(PY) -m pytest
 
 # What the tests drive besides our code: Debian's chromium and its driver
@@ -50,7 +51,7 @@ $(VENV)/supervisorctl/bin/supervisorctl: $(STAMP)
 	$(PY) -m tests.supervisorctl_venv
 
 # loky is measured against, never a runtime dependency: installed here only.
-bench: $(STAMP)
+bench: install
 	$(PY) -m pip install --quiet loky
 	$(PY) -m bench.run
 
