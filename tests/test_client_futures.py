@@ -298,10 +298,12 @@ def test_a_terminate_landing_mid_step_still_fails_every_pending_future(
 
     real = heartbeat.tend
     armed = threading.Event()
+    fired = threading.Event()
 
     def tend(engine: Any, now: float) -> float | None:
         if armed.is_set() and threading.current_thread() is engine.thread:
             engine.stop = True  # as terminate() would, a moment too late for the check
+            fired.set()
         return real(engine, now)
 
     monkeypatch.setattr(heartbeat, "tend", tend)
@@ -310,6 +312,11 @@ def test_a_terminate_landing_mid_step_still_fails_every_pending_future(
         futures = [c.submit(SLEEP, 3) for _ in range(3)]
         futures[0].done()  # someone watches: the I/O thread holds the work
         armed.set()
+        # The I/O thread must step now, not when the results come: one more
+        # task wakes it (with others pending, it is the one to send), and
+        # nobody waits on a future (which would step in the caller) before.
+        futures.append(c.submit(SLEEP, 3))
+        assert fired.wait(10), "the I/O thread did not step"
         for fut in futures:
             err = fut.exception(timeout=30)
             assert isinstance(err, ClientClosed), err

@@ -317,3 +317,39 @@ def test_a_full_journal_refuses_new_work_by_name_and_recovers(start_daemon: Star
     fill_journal_then_recover(d.raw(), attempts=200, results_timeout=30, recover_timeout=15)
 
 
+
+
+def test_a_charge_left_by_an_unrecorded_killer_answers_every_resubmission_without_running(
+    start_daemon: StartDaemon, ipc_dir: Path
+) -> None:
+    """The journal of a daemon that died in the turn a lone task started,
+    before that turn's commit: the hand-off note names the task, the log
+    does not. The new daemon keeps a charge against its name and arguments;
+    with max_attempts 1 the client's resubmission is answered WorkerCrashed,
+    quarantined, at once, and so is a second submission of the id sent
+    right behind it (the same loop turn, most often): the task never runs."""
+    from tests.test_journal import Daemonish, make_task
+
+    dead = Daemonish(ipc_dir / "journal.db")
+    task = make_task(dead.table, "x", 41)
+    dead.table.add(task)
+    dead.journal.accept(task)
+    dead.hand_off(0, 1)  # noted, then the daemon dies: no commit
+    dead.journal.db.close()
+    dead.journal._handoff.close()
+
+    d = start_daemon()
+    (replayed,) = d.log_events("journal_replayed")
+    assert replayed["charged_unrecorded"] == 1
+    peer = d.raw()
+    again = {"task": ECHO, "id": "x", "args": [41], "max_attempts": 1}
+    peer.send_msg({"op": "submit", "tasks": [again]})
+    peer.send_msg({"op": "submit", "tasks": [again]})
+    answers: list[dict[str, Any]] = []
+    for _ in range(4):  # an ack and a results message per submission
+        answers.extend(r for r in peer.recv().get("results", []) if r["id"] == "x")
+    assert len(answers) == 2, answers
+    for result in answers:
+        assert result["ok"] is False and result["error"]["type"] == "WorkerCrashed", result
+        assert "quarantined" in result["error"]["message"]
+    assert len(d.log_events("task_quarantined_on_submit")) == 1
