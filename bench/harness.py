@@ -12,13 +12,18 @@ does not reach them if the daemon died first).
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.pool
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -281,3 +286,23 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
 def self_cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
+
+
+@contextmanager
+def mp_pool(workers: int) -> Iterator[multiprocessing.pool.Pool]:
+    """A multiprocessing.Pool ended with close() and a bounded join(), not
+    its ``__exit__``: that is terminate(), which can hang a whole run (a
+    worker SIGTERMed while it holds the task queue's lock leaves the other
+    blocked on that lock, and terminate() joins it forever; seen here)."""
+    pool = multiprocessing.Pool(workers)
+    try:
+        yield pool
+    finally:
+        pool.close()
+        joiner = threading.Thread(target=pool.join, daemon=True)
+        joiner.start()
+        joiner.join(60)
+        if joiner.is_alive():
+            for proc in pool._pool:  # type: ignore[attr-defined]
+                proc.kill()  # by PID: the workers of this pool only
+            say("multiprocessing.Pool did not join within 60 s: its workers were killed")

@@ -29,7 +29,15 @@ import psutil
 import zmq
 
 from bench import tasks
-from bench.harness import NOOP, WORKERS, PhalanxUnderTest, cpu_seconds, say, self_cpu_seconds
+from bench.harness import (
+    NOOP,
+    WORKERS,
+    PhalanxUnderTest,
+    cpu_seconds,
+    mp_pool,
+    say,
+    self_cpu_seconds,
+)
 from bench.stats import scaled, summary
 from supervisor.client import Client
 
@@ -125,7 +133,7 @@ def phalanx_raw(d: PhalanxUnderTest, count: int) -> Timed:
 
 
 def pool_apply(d: PhalanxUnderTest, count: int) -> Timed:
-    with multiprocessing.Pool(WORKERS) as pool:
+    with mp_pool(WORKERS) as pool:
         _loop(WARMUP, lambda i: pool.apply(tasks.noop, (i,)))
         with _cpu(None, psutil.Process().children()) as cpu:
             out = _loop(count, lambda i: pool.apply(tasks.noop, (i,)))

@@ -10,7 +10,6 @@ where the time goes when a figure disappoints.
 
 from __future__ import annotations
 
-import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
@@ -20,7 +19,15 @@ from dataclasses import dataclass
 import psutil
 
 from bench import tasks
-from bench.harness import NOOP, WORKERS, PhalanxUnderTest, cpu_seconds, say, self_cpu_seconds
+from bench.harness import (
+    NOOP,
+    WORKERS,
+    PhalanxUnderTest,
+    cpu_seconds,
+    mp_pool,
+    say,
+    self_cpu_seconds,
+)
 from supervisor.client import Client
 
 WARMUP = 1000
@@ -111,7 +118,7 @@ def _children() -> list[psutil.Process]:
 
 def _pool_imap(chunksize: int) -> Callable[[PhalanxUnderTest, int], Sample]:
     def run(d: PhalanxUnderTest, n: int) -> Sample:
-        with multiprocessing.Pool(WORKERS) as pool:
+        with mp_pool(WORKERS) as pool:
             for _ in pool.imap_unordered(tasks.noop, range(WARMUP), chunksize=chunksize):
                 pass
             with _Meter(None, _children()) as m:
