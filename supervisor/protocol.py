@@ -150,6 +150,7 @@ class Work(msgspec.Struct, array_like=True):
     kwargs: msgspec.Raw
     soft_timeout: float = 0.0  # seconds; SoftTimeout is raised in the task
     chunk: bool = False
+    digest: int = 0  # the task's digest, noted with its key (journal_handoff.py)
 
 
 class Done(msgspec.Struct, array_like=True):

@@ -157,8 +157,11 @@ class Ears:
     def event(self, kind: str, **fields: Any) -> None:
         self.events.append((kind, fields))
 
-    def handed_off(self, slot: int, generation: int, tasks: list[Task], idle: bool) -> bool:
+    def handed_off(self, slot: int, generation: int, tasks: list[Task]) -> bool:
         return True
+
+    def worker_gone(self, slot: int) -> None:
+        pass
 
     def commit(self) -> bool:
         return True

@@ -14,7 +14,7 @@ import pytest
 from supervisor.config import JournalSection
 from supervisor.core.tasks import Task, TaskTable, digest
 from supervisor.daemon.journal import Journal
-from supervisor.daemon.journal_handoff import HandoffFile
+from supervisor.daemon.journal_handoff import HandoffFile, worker_note
 from supervisor.daemon.journal_index import BYTES_PER_ID, BYTES_PER_ROW, RetainedIndex
 from supervisor.errors import IdConflict, JournalError, JournalFull
 from supervisor.protocol import NO_KWARGS, Result, encoder
@@ -52,6 +52,9 @@ class Daemonish:
         self.replayed, self.failed = self.journal.replay(self.table.next_key, 0.0)
         for task in self.replayed:
             self.table.add(task)
+        # Each slot's worker notes what it starts, as a real one does.
+        self.note = {s: worker_note(*ledger) for s in self.held
+                     if (ledger := self.journal.ledger_for(s)) is not None}
 
     def submit(self, tid: str, arg: object = 1) -> Task:
         task = make_task(self.table, tid, arg)
@@ -61,11 +64,23 @@ class Daemonish:
 
     def hand_off(self, slot: int, n: int) -> list[Task]:
         tasks = [self.table.queue.popleft() for _ in range(n)]
-        idle = not self.held[slot]
         self.held[slot].extend(tasks)
-        if not self.journal.started(slot, self.gen[slot], tasks, idle):
-            self.journal.commit()  # as dispatch does: recorded before the worker starts
+        if not self.journal.started(slot, self.gen[slot], tasks):
+            self.journal.commit()  # as dispatch does for a retry: recorded first
         return tasks
+
+    def run(self, slot: int) -> Task:
+        """The slot's worker starts the oldest task it holds."""
+        task = self.held[slot][0]
+        note = self.note[slot]
+        assert note is not None
+        note(task.key, task.digest)
+        return task
+
+    def die(self) -> None:
+        """SIGKILL: no close(), no final commit."""
+        self.journal.db.close()
+        self.journal._handoff.close()
 
     def finish(self, slot: int, value: object = "v") -> Task:
         task = self.held[slot].popleft()
@@ -145,12 +160,13 @@ def test_a_task_charged_to_its_limit_on_replay_fails_with_a_kept_result(tmp_path
 
 def test_a_task_that_kills_the_daemon_before_its_acceptance_is_recorded_is_still_quarantined(
         tmp_path: Path) -> None:
-    """A task goes to an idle worker before the turn's commit records it.
-    If the daemon dies in that turn, the journal has no record of the task,
-    but the hand-off file names it: the restart keeps a charge against its
+    """A task goes to its worker before the turn's commit records it. If it
+    kills the daemon then, the journal has no record of it, but its worker
+    noted it in the hand-off file: the restart keeps a charge against its
     digest. The client (never acked) submits it again: it starts with that
-    charge, and out of attempts it is failed at once, result kept by id.
-    A charge used by a recorded acceptance is gone after the next restart."""
+    charge (a retry, so recorded before its worker gets it), the charge is
+    used up by that record, and later deaths are charged from the log;
+    out of attempts it fails, quarantined, its result kept by id."""
     path = tmp_path / "j.db"
 
     def resubmitted(d: Daemonish, max_attempts: int = 3) -> Task:
@@ -162,9 +178,9 @@ def test_a_task_that_kills_the_daemon_before_its_acceptance_is_recorded_is_still
     task = resubmitted(d)
     d.table.add(task)
     d.journal.accept(task)
-    d.hand_off(0, 1)  # a lone task: the worker starts it before commit(); the daemon dies
-    d.journal.db.close()
-    d.journal._handoff.close()
+    d.hand_off(0, 1)  # goes before commit()
+    d.run(0)  # and kills the daemon
+    d.die()
 
     d = Daemonish(path)
     assert d.replayed == []  # never recorded: nothing to queue again
@@ -173,16 +189,16 @@ def test_a_task_that_kills_the_daemon_before_its_acceptance_is_recorded_is_still
     assert (task.attempts, task.crashes) == (1, 1)
     d.table.add(task)
     d.journal.accept(task)
-    d.hand_off(0, 1)  # charged, so not lone: recorded first; it kills the daemon again
-    d.journal.db.close()
-    d.journal._handoff.close()
+    d.hand_off(0, 1)  # charged: recorded first
+    d.run(0)
+    d.die()
 
     d = Daemonish(path)
     assert d.journal.charges == {}  # used by the recorded acceptance
     assert [(t.id, t.attempts) for t in d.replayed] == [("killer", 2)]
     d.hand_off(0, 1)
-    d.journal.db.close()
-    d.journal._handoff.close()
+    d.run(0)
+    d.die()
 
     d = Daemonish(path)
     (failed,) = d.failed
@@ -197,8 +213,8 @@ def test_a_task_that_kills_the_daemon_before_its_acceptance_is_recorded_is_still
     d.table.add(task)
     d.journal.accept(task)
     d.hand_off(0, 1)
-    d.journal.db.close()
-    d.journal._handoff.close()
+    d.run(0)
+    d.die()
     d = Daemonish(path)
     failed = d.journal.precharge(resubmitted(d, 1))
     assert failed is not None and failed.attempts == 1
@@ -210,73 +226,59 @@ def test_a_task_that_kills_the_daemon_before_its_acceptance_is_recorded_is_still
     assert error["type"] == "WorkerCrashed" and "quarantined" in error["message"]
     d.journal.close()
 
-    # Another task's charge, used by an acceptance that is then recorded.
-    d = Daemonish(path)
-    other = d.submit("other", 8)
-    d.hand_off(1, 1)
-    d.journal.db.close()
-    d.journal._handoff.close()
-    d = Daemonish(path)
-    again = make_task(d.table, "other", 8)
-    assert d.journal.precharge(again) is None and again.attempts == 1
-    assert other.digest == again.digest
-    d.table.add(again)
-    d.journal.accept(again)
-    assert d.journal.commit()
-    d.journal.close()
-    d = Daemonish(path)
-    assert d.journal.charges == {}
-    assert [(t.id, t.attempts) for t in d.replayed] == [("other", 1)]
-    d.journal.close()
 
-
-def test_a_recorded_task_whose_hand_off_was_not_is_charged_from_the_hand_off_file(
-        tmp_path: Path) -> None:
-    """Accepted and committed, then given to an idle worker, and the daemon
-    dies before the commit that records the hand-off: the log cannot say
-    what ran, the hand-off file can. Only that task is charged."""
+def test_what_a_worker_noted_decides_what_is_charged(tmp_path: Path) -> None:
+    """The note of what a slot's worker last started overrules the log's
+    guess (the oldest unfinished task handed to that worker):
+    - slot 0 got [a, b] and ran both; a's result was read and not committed
+      (the daemon died in that turn): b is charged, not a.
+    - slot 1 got [c, d], c finished and was recorded, d was not started:
+      nothing is charged.
+    - a task recorded, finished and compacted away leaves no charge.
+    - a task started on a worker that then died (its death charged) is not
+      charged again by its note."""
     path = tmp_path / "j.db"
     d = Daemonish(path)
-    d.submit("x")
-    d.submit("y")
-    assert d.journal.commit()
-    d.hand_off(0, 1)  # x starts; no commit
-    d.journal.db.close()
-    d.journal._handoff.close()
-    d = Daemonish(path)
-    assert {t.id: t.attempts for t in d.replayed} == {"x": 1, "y": 0}
-    d.journal.close()
-
-
-def test_what_a_commit_recorded_leaves_no_charge_behind(tmp_path: Path) -> None:
-    """A lone task's note is cleared by the commit that records it: once it
-    finished (and the log was compacted, which forgets finished tasks), a
-    crash charges nothing, and the same task submitted again starts clean.
-    A batch, a busy worker or a retry is not noted: recorded first."""
-    path = tmp_path / "j.db"
-    d = Daemonish(path)
-    d.submit("a", 1)
-    assert d.journal.started(0, 1, [d.table.queue.popleft()], True) is True  # lone
-    d.held[0].append(d.table.by_id["a"])
+    e = d.submit("e", 5)
+    d.hand_off(0, 1)
+    d.run(0)
     assert d.journal.commit()
     d.finish(0)
     assert d.journal.commit()
     d.journal._compact_due = True
+    assert d.journal.commit()  # e is gone from the log
+    for tid in "abcd":
+        d.submit(tid)
+    d.hand_off(0, 2)
+    d.hand_off(1, 2)
     assert d.journal.commit()
-    d.submit("b", 2)
-    d.submit("c", 3)
-    d.submit("d", 4)
-    assert d.journal.started(0, 1, list(d.table.queue), True) is False  # a batch
-    assert d.journal.started(1, 1, [d.table.queue[0]], False) is False  # a busy worker
-    retry = d.table.queue[1]
-    retry.attempts = 1
-    assert d.journal.started(1, 1, [retry], True) is False  # a retry
-    d.journal.db.close()  # dies before committing those
-    d.journal._handoff.close()
+    d.run(1)
+    d.finish(1)  # c
+    assert d.journal.commit()
+    d.run(0)
+    d.finish(0)  # a: read, then the daemon dies before committing it
+    d.run(0)  # b starts
+    d.die()
     d = Daemonish(path)
+    attempts = {t.id: t.attempts for t in d.replayed}
+    assert attempts == {"a": 0, "b": 1, "d": 0}
     assert d.journal.charges == {}
-    again = make_task(d.table, "a2", 1)
-    assert d.journal.precharge(again) is None and again.attempts == 0
+    again = make_task(d.table, "e2", 5)
+    assert d.journal.precharge(again) is None and again.digest == e.digest
+    d.journal.close()
+
+    path = tmp_path / "j2.db"
+    d = Daemonish(path)
+    d.submit("x")
+    d.hand_off(0, 1)
+    d.run(0)
+    assert d.journal.commit()
+    d.journal.worker_gone(0)  # its worker died running x: charged as a crash
+    d.die()
+    d = Daemonish(path)
+    # Not charged by the note (gone); the log's guess, x on slot 0's worker
+    # as it last knew it, charges it once: the crash's charge, not committed.
+    assert [(t.id, t.attempts) for t in d.replayed] == [("x", 1)]
     d.journal.close()
 
 

@@ -322,9 +322,8 @@ def test_a_full_journal_refuses_new_work_by_name_and_recovers(start_daemon: Star
 def test_a_charge_left_by_an_unrecorded_killer_answers_every_resubmission_without_running(
     start_daemon: StartDaemon, ipc_dir: Path
 ) -> None:
-    """The journal of a daemon that died in the turn a lone task started,
-    before that turn's commit: the hand-off note names the task, the log
-    does not. The new daemon keeps a charge against its name and arguments;
+    """The journal of a daemon that died in the turn a task started, before
+    that turn's commit: its worker's note names the task, the log does not. The new daemon keeps a charge against its name and arguments;
     with max_attempts 1 the client's resubmission is answered WorkerCrashed,
     quarantined, at once, and so is a second submission of the id sent
     right behind it (the same loop turn, most often): the task never runs."""
@@ -334,9 +333,9 @@ def test_a_charge_left_by_an_unrecorded_killer_answers_every_resubmission_withou
     task = make_task(dead.table, "x", 41)
     dead.table.add(task)
     dead.journal.accept(task)
-    dead.hand_off(0, 1)  # noted, then the daemon dies: no commit
-    dead.journal.db.close()
-    dead.journal._handoff.close()
+    dead.hand_off(0, 1)  # goes before the turn's commit
+    dead.run(0)  # its worker notes it, and it kills the daemon: no commit
+    dead.die()
 
     d = start_daemon()
     (replayed,) = d.log_events("journal_replayed")

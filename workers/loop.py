@@ -151,13 +151,15 @@ def _sender(conn: Connection) -> Callable[[bytes], None]:
 
 def serve(conn: Connection, tasks: dict[str, registry.TaskFn], max_result_bytes: int,
           running: Any = None, started: Any = None,
-          import_errors: dict[str, str] | None = None) -> None:
+          import_errors: dict[str, str] | None = None,
+          note: Callable[[int, int], None] | None = None) -> None:
     """Run batches until the pipe closes, sending each result as its task ends.
 
     ``running``/``started`` (shared memory, see workerproc.py) hold the key
     and start time of the task being run: the start time is written first
     and the key last, so a reader that sees a key sees a start time at
-    least as new as that task's.
+    least as new as that task's. ``note`` records the task's key and digest
+    before it starts, in a file that outlives the daemon (the journal's).
     """
     send = _sender(conn)
     monotonic = time.monotonic
@@ -167,6 +169,8 @@ def serve(conn: Connection, tasks: dict[str, registry.TaskFn], max_result_bytes:
         except (EOFError, OSError):
             return  # supervisor closed our pipe: stop quietly
         for work in _work_decoder.decode(data):
+            if note is not None:
+                note(work.key, work.digest)
             if running is not None:
                 started.value = monotonic()
                 running.value = work.key
@@ -198,7 +202,8 @@ def _capture(stdout: Connection | None, stderr: Connection | None) -> None:
 def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
          stdout: Connection | None = None, stderr: Connection | None = None,
          running: Any = None, started: Any = None, path: list[str] | None = None,
-         accept_pickle: bool = False, close: list[int] | None = None) -> None:
+         accept_pickle: bool = False, close: list[int] | None = None,
+         ledger: tuple[str, int, int] | None = None) -> None:
     """Entry point of a worker process (target of multiprocessing.Process).
 
     ``close``: fds a worker forked straight from the daemon closes first,
@@ -209,7 +214,9 @@ def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
 
     ``path``: folders put at the front of ``sys.path`` before the allowed
     modules are imported (config ``tasks.path``). ``accept_pickle``: a
-    private Pool's worker, which also runs pickled calls."""
+    private Pool's worker, which also runs pickled calls. ``ledger``: the
+    journal's hand-off file, slot and epoch, where it notes each task it
+    starts (supervisor/daemon/journal_handoff.py)."""
     if close:
         gc.freeze()
         for fd in close:
@@ -260,10 +267,19 @@ def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
         from workers import pickle_lane
 
         tasks.update(pickle_lane.tasks())
+    note = None
+    if ledger is not None:
+        from supervisor.daemon.journal_handoff import worker_note
+
+        note = worker_note(*ledger)
+        if note is None:
+            print(f"phalanx worker {slot}: cannot map {ledger[0]}; a task that kills phalanxd "
+                  "from this worker before its hand-off is recorded goes uncharged",
+                  file=sys.stderr)
     hello = Hello(os.getpid(), sorted(tasks), registry.describe_errors(errors))
     conn.send_bytes(encoder.encode(hello))
     try:
-        serve(conn, tasks, max_result_bytes, running, started, errors)
+        serve(conn, tasks, max_result_bytes, running, started, errors, note)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -230,9 +230,12 @@ class Daemon:
         self.journal.finish(task, result)  # recorded before it is sent
         self.outbox.deliver(task, result)
 
-    def handed_off(self, slot: int, generation: int, tasks: list[Task], idle: bool) -> bool:
+    def handed_off(self, slot: int, generation: int, tasks: list[Task]) -> bool:
         """Recorded with this turn's commit; True if it may go before it."""
-        return self.journal.started(slot, generation, tasks, idle)
+        return self.journal.started(slot, generation, tasks)
+
+    def worker_gone(self, slot: int) -> None:
+        self.journal.worker_gone(slot)
 
     def commit(self) -> bool:
         return self.journal.commit()

@@ -31,6 +31,7 @@ def attach(d: Daemon) -> None:
                        for s in pool.slots]))
     # Tasks failed here (they kept killing the daemon) are journaled results.
     tasks, _ = journal.replay(d.pool.table.next_key, time.monotonic())
+    d.spawner.ledger_for = journal.ledger_for  # workers note what they start
     for task in tasks:
         d.pool.table.add(task)
     d.loop.every(1.0, journal.prune)

@@ -16,19 +16,19 @@ only ever tells of something recorded. A turn writes at most one ``log``
 row and one ``finished`` row; when it is one row (a lone round trip's two
 commits), it is one autocommit INSERT.
 
-Hand-offs are recorded before the worker can start them (dispatch commits
-first), except a lone one: one task, not a retry, for an idle worker.
-That one goes first and the turn's commit runs while the worker does, so a
-lone call waits for one commit, not two (40-100 us here). The price is a
-window of that loop turn in which a worker runs a task the journal does
-not hold yet. If the daemon dies in it, nothing was acked, so the client
-sends the task again and it runs again (at least once). And if the task
-itself killed the daemon, the hand-off file (journal_handoff.py), written
-before the pipe write, names it: the restart charges it (by its digest
-when the log does not have it; the resubmission starts with that charge,
-``precharge``), so it is quarantined all the same. Only a lone task goes
-first because only then is the worker's next task known: with a batch, or
-a worker still busy, a later task of it might start before the commit.
+Hand-offs go to the workers before the turn's commit records them, and
+the commit runs while the workers do: a lone call waits for one commit,
+not two (40-100 us here), and a burst's workers do not wait for SQLite.
+The price is a window of that loop turn in which a worker runs a task the
+journal does not hold yet. If the daemon dies in it, nothing was acked, so
+the client sends the task again and it runs again (at least once). And if
+the task itself killed the daemon, the hand-off file (journal_handoff.py),
+where each worker notes what it starts before it starts it, names it: the
+restart charges it (by its digest when the log does not have it; the
+resubmission starts with that charge, ``precharge``), so it is
+quarantined all the same. A retry (a task already charged) is recorded
+first, as every hand-off was before: its charge must not wait on a commit
+it could kill.
 
 On start, ``replay()`` rebuilds the unfinished tasks (they are queued
 again) and the index of retained results. The task a worker was running
@@ -97,7 +97,8 @@ class Journal:
         # daemon before their acceptance was recorded (journal_handoff.py)
         self.charges: dict[int, tuple[int, int, float]] = {}
         self._uncharge: list[int] = []  # charges used: deleted with the next commit
-        self._noted: list[int] = []  # slots whose hand-off record this turn's commit clears
+        self._ledgered: set[int] = set()  # slots whose workers note what they start
+        self._high = 0  # the highest key accepted in this epoch (compaction notes it)
         self._cur = db.cursor()  # one cursor for the hot path's statements
         self.path = path
         self.cfg = cfg
@@ -148,20 +149,33 @@ class Journal:
     def accept(self, task: Task) -> None:
         self._acc.append(task)
 
-    def started(self, slot: int, gen: int, tasks: list[Task], idle: bool) -> bool:
-        """Called before the pipe write (``idle``: the worker held nothing).
-        True: the hand-off may go before this turn's commit (a lone task,
-        noted in the hand-off file); False: commit first."""
+    def started(self, slot: int, gen: int, tasks: list[Task]) -> bool:
+        """Called before the pipe write. True: it may go before this turn's
+        commit (its worker notes what it starts); False: commit first."""
         self._starts.append((slot, gen, tasks))
-        if not idle or len(tasks) != 1 or tasks[0].attempts:
+        if slot not in self._ledgered:
             return False
-        t = tasks[0]
-        try:
-            self._handoff.note(slot, self._epoch, t.key, t.digest or digest(t.name, t.args, t.kwargs))
-        except (OSError, ValueError):  # the file could not grow: record it first instead
-            return False
-        self._noted.append(slot)
+        for t in tasks:
+            if t.attempts:
+                return False
         return True
+
+    def ledger_for(self, slot: int) -> tuple[str, int, int] | None:
+        """For a worker about to start in ``slot``: (hand-off file, slot,
+        epoch), what it notes its tasks in; None: it notes nothing."""
+        try:
+            self._handoff.reserve(slot)
+        except (OSError, ValueError) as exc:
+            log.warning("journal_handoff_unavailable", path=str(self._handoff.path),
+                        error=str(exc))
+            self._ledgered.discard(slot)
+            return None
+        self._ledgered.add(slot)
+        return str(self._handoff.path), slot, self._epoch
+
+    def worker_gone(self, slot: int) -> None:
+        """Its death is charged as a worker crash: its record says no more."""
+        self._handoff.forget(slot)
 
     def precharge(self, task: Task) -> Result | None:
         """A new task's charges, if it killed phalanxd before its acceptance
@@ -251,10 +265,6 @@ class Journal:
             log.info("journal_commit_recovered", path=str(self.path))
             self.failing = False
             self._check_space()
-        if self._noted:  # recorded now: a restart needs no note of them
-            for slot in self._noted:
-                self._handoff.forget(slot)
-            self._noted = []
         self.commits += 1
         self._identity = identity
         self._identity_due = self._compact_due = False
@@ -285,6 +295,8 @@ class Journal:
         workers = None if identity == self._identity else encoder.encode(identity)
         together = bool(self._compact_due or self._uncharge)
         written = 0
+        if self._acc:
+            self._high = self._acc[-1].key  # keys grow in acceptance order
         if together:
             cur.execute("BEGIN")
             if self._uncharge:  # in the transaction of the acceptance they charged
@@ -360,6 +372,10 @@ class Journal:
         db.execute("INSERT INTO log(epoch, accepted, started, workers) VALUES(?, ?, ?, ?)",
                    (self._epoch, body, encoder.encode(starts) if starts else None,
                     encoder.encode(identity)))
+        # Tasks of this epoch up to _high were recorded: one that is not in
+        # the log any more finished (a hand-off note of it charges nothing).
+        db.execute("INSERT OR REPLACE INTO meta VALUES('compacted', ?)",
+                   (encoder.encode([self._epoch, self._high]),))
         self._snapshot_bytes = len(body)
         self._log_bytes = 0
 

@@ -1,28 +1,28 @@
-"""A lone task given to an idle worker before its commit, in a file that
-outlives phalanxd.
+"""What each worker last started, in a file that outlives phalanxd.
 
-Why: a lone task (one task for an idle worker, not a retry) goes to its
-worker before the loop turn's commit records it; the commit then runs
-while the worker does (journal.py). If the task kills phalanxd itself in
-that moment, the journal never heard of it: the restarted daemon could not
-charge it, and a client resubmitting it (it was never acked) would be
-killed again and again. So, before the pipe write, the daemon notes it
-here: one fixed-size record per slot, written into a shared file mapping,
-with no system call, and zeroed once the turn's commit has recorded it.
-The page cache keeps it when the process dies, as it keeps SQLite's WAL
-at ``synchronous=NORMAL``. A power loss loses it, but then no task killed
-the daemon.
+Why: tasks go to their worker before the loop turn's commit records the
+hand-off; the commit then runs while the worker does (journal.py). If a
+task kills phalanxd itself in that moment, the log cannot say what ran,
+and may not even hold the task (its acceptance commits in the same turn):
+the restarted daemon could not charge it, and a client resubmitting it
+(it was never acked) would be killed again and again. So each worker
+writes, before it runs a task, that task's key and digest into its slot's
+record here: a shared file mapping, no system call (``worker_note``). The
+page cache keeps it when the processes die, as it keeps SQLite's WAL at
+``synchronous=NORMAL``. A power loss loses it, but then no task killed
+the daemon. The daemon zeroes a slot's record when its worker dies (that
+death is charged as a worker crash) and reads them all at start.
 
-So a record a restarted daemon finds (journal_replay.py) is a hand-off
-whose commit never happened, the last thing given to that slot's worker:
-what it was running. In the log (its acceptance committed earlier), that
-task is charged; not in the log at all, a charge against the task's
-digest (its name and arguments) is kept in the ``charges`` table until the
-task is submitted again (journal.py ``precharge``).
+So a record a restarted daemon finds (journal_replay.py) names exactly
+what that slot's worker was running, or last ran: in the log and
+unfinished, that task is charged; finished, nothing is; not in the log at
+all, a charge against the task's digest (its name and arguments) is kept
+in the ``charges`` table until the task is submitted again (journal.py
+``precharge``).
 
 Each record: epoch, key, digest, check (four little-endian u64). ``check``
-ties the others together, so a record torn by the daemon's death
-mid-write is ignored rather than misread.
+ties the others together, so a record torn by a death mid-write is
+ignored rather than misread.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 RECORD = struct.Struct("<QQQQ")
@@ -47,8 +48,31 @@ def path_for(journal: Path) -> Path:
     return journal.with_name(journal.name + "-handoff")
 
 
+def worker_note(path: str, slot: int, epoch: int) -> Callable[[int, int], None] | None:
+    """A worker's side: ``note(key, digest)`` writes its slot's record. None
+    if the file cannot be mapped (the worker says so on stderr and runs
+    without it: a task of its that kills the daemon before the hand-off
+    commits goes uncharged)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            view = mmap.mmap(fd, (slot + 1) * SIZE)
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        return None
+    at = slot * SIZE
+    pack = RECORD.pack_into
+
+    def note(key: int, digest: int) -> None:
+        pack(view, at, epoch, key, digest, _check(epoch, key, digest))
+
+    return note
+
+
 class HandoffFile:
-    """The daemon's side: one record per slot, grown as slots are added."""
+    """The daemon's side: sized for the slots, read at start, a slot's
+    record zeroed when its worker dies."""
 
     def __init__(self, path: Path, slots: int = 64) -> None:
         self.path = path
@@ -62,10 +86,14 @@ class HandoffFile:
         self._slots = size // SIZE
         self._pack = RECORD.pack_into
 
-    def note(self, slot: int, epoch: int, key: int, digest: int) -> None:
-        """OSError or ValueError if the file cannot grow to ``slot``."""
+    def reserve(self, slot: int) -> None:
+        """Room for ``slot``'s record; OSError or ValueError if the file cannot grow."""
         if slot >= self._slots:
             self._grow(slot + 1)
+
+    def note(self, slot: int, epoch: int, key: int, digest: int) -> None:
+        """What ``worker_note`` writes, from this process (tests)."""
+        self.reserve(slot)
         self._pack(self._map, slot * SIZE, epoch, key, digest, _check(epoch, key, digest))
 
     def forget(self, slot: int) -> None:

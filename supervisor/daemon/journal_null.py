@@ -33,8 +33,14 @@ class NullJournal:
     def accept(self, task: Task) -> None:
         pass
 
-    def started(self, slot: int, gen: int, tasks: list[Task], idle: bool) -> bool:
+    def started(self, slot: int, gen: int, tasks: list[Task]) -> bool:
         return True
+
+    def ledger_for(self, slot: int) -> tuple[str, int, int] | None:
+        return None
+
+    def worker_gone(self, slot: int) -> None:
+        pass
 
     def precharge(self, task: Task) -> Result | None:
         return None

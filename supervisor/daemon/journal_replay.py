@@ -9,12 +9,13 @@ it is charged an attempt, as if its worker had crashed under it. Then one
 transaction replaces the log by the pending tasks under this start's keys
 (a new epoch), so keys never collide across restarts.
 
-A lone task an idle worker was given in the turn the daemon died, before
-that turn's commit, is named by the hand-off file (journal_handoff.py):
-it is what that worker was running, whatever the log says of the slot.
-In the log, it is charged; not in it (its acceptance was not committed
-either), it becomes a charge against its digest, used when the task is
-submitted again (Journal.precharge).
+The hand-off file (journal_handoff.py) says what each slot's worker last
+started, which the log cannot when the daemon died before the turn's
+commit: it overrules the log's guess for that slot. Unfinished in the
+log, that task is charged; finished, none is (the worker was idle); not
+in the log at all (its acceptance was not committed either), it becomes a
+charge against its digest, used when the task is submitted again
+(Journal.precharge).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import msgspec
 import structlog
 
 from supervisor.core.tasks import Task
@@ -85,24 +87,27 @@ def replay(j: Journal, next_key: Callable[[], int], now_mono: float
             best = running.get(slot)
             if best is None or seq < best[0]:
                 running[slot] = (seq, rec)
-    # A hand-off the dying turn did not commit: the last thing that slot's
-    # worker was given (it was idle), so what it was running; what the log
-    # guessed for the slot had finished (its result not committed either).
+    # What each slot's worker last started, noted by the worker itself.
     wall = time.time()
     charges = {store.unsigned(dg): (a, c, at) for dg, a, c, at in
                db.execute("SELECT digest, attempts, crashes, at FROM charges")}
     new_charges: list[int] = []
+    row = db.execute("SELECT value FROM meta WHERE key='compacted'").fetchone()
+    compacted = tuple(msgspec.msgpack.decode(row[0])) if row else (0, 0)
     for slot, key, dg in j._handoff.read(epoch):
         running.pop(slot, None)
         given = accepted.get((epoch, key))
+        if given is None and compacted[0] == epoch and key <= compacted[1]:
+            continue  # recorded, finished, compacted away: the worker was idle
         if given is None:  # its acceptance was not committed either
-            if dg not in new_charges:
+            if dg and dg not in new_charges:
                 a, c, _at = charges.get(dg, (0, 0, wall))
                 charges[dg] = (a + 1, c + 1, wall)
                 new_charges.append(dg)
             continue
         found = pending.get(given.id)
-        if found is not None and found[1] is given:
+        if found is not None and found[1] is given and all(
+                r is not given for _, r in running.values()):
             running[slot] = (0, given)
     for _, rec in running.values():
         rec.attempts += 1

@@ -64,10 +64,12 @@ class WorkerHandle:
         path: list[str] | None = None,
         accept_pickle: bool = False,
         siblings: list[int] | None = None,
+        ledger: tuple[str, int, int] | None = None,
     ) -> WorkerHandle:
         """``siblings``: with the "fork" start method, the daemon's ends of
         the other workers' pipes, which the new worker closes (see
-        ``workers.loop.main``)."""
+        ``workers.loop.main``). ``ledger``: where it notes what it starts
+        (journal_handoff.worker_note's arguments)."""
         parent, child = ctx.Pipe(duplex=True)
         out_r, out_w = ctx.Pipe(duplex=False)
         err_r, err_w = ctx.Pipe(duplex=False)
@@ -84,7 +86,7 @@ class WorkerHandle:
         proc = ctx.Process(  # type: ignore[attr-defined]
             target=loop.main,
             args=(child, slot, allow, max_bytes, out_w, err_w, running, started, path or [],
-                  accept_pickle, close),
+                  accept_pickle, close, ledger),
             name=f"phalanx-worker-{slot}",
             daemon=False,
         )

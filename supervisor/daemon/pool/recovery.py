@@ -93,6 +93,7 @@ class Recovery:
             s.counters.restarted(restart_reason(exitcode, timed_out is not None), slot.index,
                                  f"worker {slot.index} (pid {pid}) {how}")
         task = s.table.charge_death(slot, running_key)
+        s.events.worker_gone(slot.index)  # charged here: the journal's note of it goes
         if task is not None:
             was_timeout = timed_out is not None and timed_out == task.key
             if was_timeout:

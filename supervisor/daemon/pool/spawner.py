@@ -11,6 +11,7 @@ those that are not a worker or multiprocessing's own helper.
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -40,6 +41,9 @@ class ProcessSpawner:
         # fork closes its copies of their pipes (WorkerHandle.spawn).
         self._handles: dict[int, WorkerHandle] = {}
         self.subreaper = False
+        # Where a worker notes what it starts (journal_handoff.py); the
+        # journal sets it once it has replayed, before any worker starts.
+        self.ledger_for: Callable[[int], tuple[str, int, int] | None] = lambda slot: None
 
     def start(self, allow: list[str]) -> None:
         self.subreaper = reaper.become_subreaper()
@@ -69,7 +73,8 @@ class ProcessSpawner:
                                     path=self.cfg.task_path,
                                     accept_pickle=self.cfg.tasks.accept_pickle,
                                     siblings=[fd for h in self._handles.values()
-                                              for fd in h.daemon_fds()])
+                                              for fd in h.daemon_fds()],
+                                    ledger=self.ledger_for(index))
         handle.fs_generation = self.generation
         self._live[handle.pid] = self.generation
         if not self.forkserver:

@@ -275,28 +275,28 @@ class WorkerIO:
             was_idle = not slot.inflight
             tasks = table.assign(slot, n)
             s.counters.dispatched(tasks, now)  # queue wait (observe/)
-            if not s.events.handed_off(slot.index, slot.generation, tasks, was_idle):
+            if not s.events.handed_off(slot.index, slot.generation, tasks):
                 commit_first = True
             if was_idle:
                 slot.head_since = now
             handoffs.append((slot, tasks))
         if not handoffs:
             return
-        # Recorded as handed off before any worker can start them: what lets
-        # a restarted daemon charge the task that was running when it died.
-        # A lone task (journal.started says which) goes first instead, and
-        # this turn's commit runs while its worker does (journal.py says
-        # why and how it is still charged). If the journal cannot write (a
-        # failing or full disk), the work still goes out: acks and results
-        # wait for the journal anyway; what that window can miss is the
-        # charge of a task that kills the daemon itself.
+        # This turn's commit records these hand-offs while the workers run
+        # them (journal.py says why, and how a task that kills the daemon
+        # before it is still charged); a retry is recorded first (the
+        # journal says which). If the journal cannot write (a failing or
+        # full disk), the work still goes out: acks and results wait for
+        # the journal anyway; what that window can miss is the charge of a
+        # task that kills the daemon itself.
         if commit_first:
             s.events.commit()
         for slot, tasks in handoffs:
             handle = slot.handle
             assert handle is not None
             handle.write(encoder.encode(
-                [(t.key, t.name, t.args, t.kwargs, t.soft_timeout, t.chunk) for t in tasks]
+                [(t.key, t.name, t.args, t.kwargs, t.soft_timeout, t.chunk, t.digest)
+                 for t in tasks]
             ))
             if s.events.wants_event("task.assigned"):
                 s.events.event("task.assigned", ids=[t.id for t in tasks], slot=slot.index,
