@@ -282,6 +282,46 @@ def test_what_a_worker_noted_decides_what_is_charged(tmp_path: Path) -> None:
     d.journal.close()
 
 
+def test_stopped_workers_clean_stops_and_replayed_tasks_leave_no_stale_note(
+        tmp_path: Path) -> None:
+    """A note says what a worker is running only while it lives: a worker
+    stopped by the operator (its task given back), a clean stop (every
+    worker reaped), and a task replayed, finished and compacted away leave
+    nothing to charge after the next crash."""
+    path = tmp_path / "j.db"
+    d = Daemonish(path)
+    d.submit("x", 1)
+    d.hand_off(0, 1)
+    d.run(0)
+    assert d.journal.commit()
+    d.journal.worker_gone(0)  # phalanxctl stop 0: x goes back to the queue
+    d.table.queue.append(d.held[0].popleft())
+    d.gen[0] = 0
+    d.journal.prune()  # the upkeep's second: the worker change is written
+    assert d.journal.commit()
+    d.die()
+    d = Daemonish(path)
+    assert [(t.id, t.attempts) for t in d.replayed] == [("x", 0)]
+    d.hand_off(0, 1)
+    d.run(0)
+    assert d.journal.commit()
+    d.gen = {0: 0, 1: 0}  # a clean stop: x given back (ShuttingDown), workers reaped
+    d.journal.close()
+    d = Daemonish(path)
+    assert [(t.id, t.attempts) for t in d.replayed] == [("x", 0)]
+    d.hand_off(0, 1)  # replayed, then finished: the log forgets it at compaction
+    d.run(0)
+    assert d.journal.commit()
+    d.finish(0)
+    assert d.journal.commit()
+    d.journal._compact_due = True
+    assert d.journal.commit()
+    d.die()
+    d = Daemonish(path)
+    assert d.replayed == [] and d.journal.charges == {}
+    d.journal.close()
+
+
 def test_a_torn_hand_off_record_is_ignored(tmp_path: Path) -> None:
     """The daemon can die in the middle of writing a record: a record whose
     fields do not check is not read as a charge."""

@@ -323,7 +323,8 @@ def test_a_charge_left_by_an_unrecorded_killer_answers_every_resubmission_withou
     start_daemon: StartDaemon, ipc_dir: Path
 ) -> None:
     """The journal of a daemon that died in the turn a task started, before
-    that turn's commit: its worker's note names the task, the log does not. The new daemon keeps a charge against its name and arguments;
+    that turn's commit: its worker's note names the task, the log does not.
+    The new daemon keeps a charge against its name and arguments;
     with max_attempts 1 the client's resubmission is answered WorkerCrashed,
     quarantined, at once, and so is a second submission of the id sent
     right behind it (the same loop turn, most often): the task never runs."""

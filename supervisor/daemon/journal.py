@@ -32,9 +32,10 @@ it could kill.
 
 On start, ``replay()`` rebuilds the unfinished tasks (they are queued
 again) and the index of retained results. The task a worker was running
-when the daemon died (the oldest one handed to a live worker and not
-finished) is charged an attempt, so a task that kills the daemon itself is
-eventually failed, quarantined, instead of killing every restart.
+when the daemon died (what it noted last in the hand-off file; without a
+note, the oldest one handed to a live worker and not finished) is charged
+an attempt, so a task that kills the daemon itself is eventually failed,
+quarantined, instead of killing every restart.
 
 The id is the idempotency key, checked with one digest of the task's name
 and arguments (``supervisor.core.tasks.digest``, kept on the task and in its
@@ -425,6 +426,7 @@ class Journal:
         except sqlite3.Error:
             pass
         self.db.close()
+        self._handoff.clear()  # every worker is reaped: no note says anything now
         self._handoff.close()
 
     # ------------------------------------------------------------ replay

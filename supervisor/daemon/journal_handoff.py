@@ -10,8 +10,10 @@ writes, before it runs a task, that task's key and digest into its slot's
 record here: a shared file mapping, no system call (``worker_note``). The
 page cache keeps it when the processes die, as it keeps SQLite's WAL at
 ``synchronous=NORMAL``. A power loss loses it, but then no task killed
-the daemon. The daemon zeroes a slot's record when its worker dies (that
-death is charged as a worker crash) and reads them all at start.
+the daemon. The daemon zeroes a slot's record when its worker dies or is
+stopped (a death is charged as a worker crash; a stopped worker's tasks
+are given back) and clears them all when it stops cleanly; it reads them
+at start.
 
 So a record a restarted daemon finds (journal_replay.py) names exactly
 what that slot's worker was running, or last ran: in the log and
@@ -41,7 +43,7 @@ MAGIC = 0x9E3779B97F4A7C15  # any odd constant: an all-zero record never checks
 
 
 def _check(epoch: int, key: int, digest: int) -> int:
-    return (epoch * MAGIC ^ key * 0xBF58476D1CE4E5B9 ^ digest ^ MAGIC) & MASK
+    return ((epoch * MAGIC ^ MAGIC) & MASK ^ key * 0xBF58476D1CE4E5B9 ^ digest) & MASK
 
 
 def path_for(journal: Path) -> Path:
@@ -63,9 +65,10 @@ def worker_note(path: str, slot: int, epoch: int) -> Callable[[int, int], None] 
         return None
     at = slot * SIZE
     pack = RECORD.pack_into
+    seed = (epoch * MAGIC ^ MAGIC) & MASK  # _check's part that never changes
 
     def note(key: int, digest: int) -> None:
-        pack(view, at, epoch, key, digest, _check(epoch, key, digest))
+        pack(view, at, epoch, key, digest, (seed ^ key * 0xBF58476D1CE4E5B9 ^ digest) & MASK)
 
     return note
 
@@ -97,7 +100,8 @@ class HandoffFile:
         self._pack(self._map, slot * SIZE, epoch, key, digest, _check(epoch, key, digest))
 
     def forget(self, slot: int) -> None:
-        self._map[slot * SIZE:(slot + 1) * SIZE] = ZERO
+        if slot < self._slots:  # else reserve() failed: its worker noted nothing
+            self._map[slot * SIZE:(slot + 1) * SIZE] = ZERO
 
     def _grow(self, slots: int) -> None:
         slots = max(slots, self._slots * 2)

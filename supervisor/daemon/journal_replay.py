@@ -136,6 +136,7 @@ def replay(j: Journal, next_key: Callable[[], int], now_mono: float
         tasks.append(task)
     # Rewrite: this start's epoch, its keys, nothing stale.
     j._epoch = epoch + 1
+    j._high = tasks[-1].key if tasks else 0  # recorded below, with this epoch's keys
     db.execute("BEGIN")
     db.execute("DELETE FROM log")
     db.execute("INSERT OR REPLACE INTO meta VALUES('epoch', ?)", (j._epoch,))

@@ -76,6 +76,7 @@ class Recovery:
         pid, slot.pid = slot.pid, None
         slot.last_exit = how
         timed_out, slot.timed_out = slot.timed_out, None
+        s.events.worker_gone(slot.index)  # whatever it ran, its note says no more
         if slot.state is S.STOPPING:
             s.table.requeue(slot)
             slot.move(S.STOPPED)
@@ -93,7 +94,6 @@ class Recovery:
             s.counters.restarted(restart_reason(exitcode, timed_out is not None), slot.index,
                                  f"worker {slot.index} (pid {pid}) {how}")
         task = s.table.charge_death(slot, running_key)
-        s.events.worker_gone(slot.index)  # charged here: the journal's note of it goes
         if task is not None:
             was_timeout = timed_out is not None and timed_out == task.key
             if was_timeout:

@@ -287,8 +287,8 @@ class WorkerIO:
         # before it is still charged); a retry is recorded first (the
         # journal says which). If the journal cannot write (a failing or
         # full disk), the work still goes out: acks and results wait for
-        # the journal anyway; what that window can miss is the charge of a
-        # task that kills the daemon itself.
+        # the journal anyway; what that window can miss is a retry's
+        # earlier crash charge, held in memory until a commit lands.
         if commit_first:
             s.events.commit()
         for slot, tasks in handoffs:
