@@ -163,6 +163,7 @@ class Hello(msgspec.Struct, tag="hello", array_like=True):
     pid: int
     tasks: list[str]
     errors: list[str]  # modules that failed to import, with the reason
+    noting: bool = True  # False: it could not map the journal's hand-off file
 
 
 class Batch(msgspec.Struct, tag="done", array_like=True):

@@ -163,6 +163,9 @@ class Ears:
     def worker_gone(self, slot: int) -> None:
         pass
 
+    def cannot_note(self, slot: int) -> None:
+        pass
+
     def commit(self) -> bool:
         return True
 

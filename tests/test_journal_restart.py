@@ -353,3 +353,29 @@ def test_a_charge_left_by_an_unrecorded_killer_answers_every_resubmission_withou
         assert result["ok"] is False and result["error"]["type"] == "WorkerCrashed", result
         assert "quarantined" in result["error"]["message"]
     assert len(d.log_events("task_quarantined_on_submit")) == 1
+
+
+def test_a_worker_that_cannot_note_what_it_starts_gets_hand_offs_recorded_first(
+    start_daemon: StartDaemon, ipc_dir: Path
+) -> None:
+    """A worker that cannot map the hand-off file says so (on stderr and in
+    its hello); the daemon logs it and records that slot's hand-offs before
+    the worker gets them, and the work goes on."""
+    import os
+    import shutil
+    import signal
+
+    d = start_daemon()
+    handoff = ipc_dir / "journal.db-handoff"
+    handoff.unlink()  # the daemon keeps its own mapping; a new worker finds a directory
+    handoff.mkdir()
+    try:
+        os.kill(d.slot_pids()[0], signal.SIGKILL)
+        wait_until(lambda: d.log_events("journal_handoff_unavailable"), 20,
+                   message=lambda: f"no journal_handoff_unavailable\n{d.log}")
+        with Client(d.intake) as client:
+            assert client.map(ECHO, range(50), chunksize=1) == list(range(50))
+        (event,) = d.log_events("journal_handoff_unavailable")
+        assert event["slot"] == 0
+    finally:
+        shutil.rmtree(handoff, ignore_errors=True)

@@ -273,10 +273,10 @@ def main(conn: Connection, slot: int, allow: list[str], max_result_bytes: int,
 
         note = worker_note(*ledger)
         if note is None:
-            print(f"phalanx worker {slot}: cannot map {ledger[0]}; a task that kills phalanxd "
-                  "from this worker before its hand-off is recorded goes uncharged",
-                  file=sys.stderr)
-    hello = Hello(os.getpid(), sorted(tasks), registry.describe_errors(errors))
+            print(f"phalanx worker {slot}: cannot map {ledger[0]}; the daemon records this "
+                  "worker's hand-offs before it gets them", file=sys.stderr)
+    hello = Hello(os.getpid(), sorted(tasks), registry.describe_errors(errors),
+                  ledger is None or note is not None)
     conn.send_bytes(encoder.encode(hello))
     try:
         serve(conn, tasks, max_result_bytes, running, started, errors, note)

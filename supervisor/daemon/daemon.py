@@ -237,6 +237,9 @@ class Daemon:
     def worker_gone(self, slot: int) -> None:
         self.journal.worker_gone(slot)
 
+    def cannot_note(self, slot: int) -> None:
+        self.journal.cannot_note(slot)
+
     def commit(self) -> bool:
         return self.journal.commit()
 

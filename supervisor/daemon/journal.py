@@ -178,6 +178,11 @@ class Journal:
         """Its death is charged as a worker crash: its record says no more."""
         self._handoff.forget(slot)
 
+    def cannot_note(self, slot: int) -> None:
+        """Its worker could not map the file: record its hand-offs first."""
+        self._ledgered.discard(slot)
+        log.warning("journal_handoff_unavailable", slot=slot, path=str(self._handoff.path))
+
     def precharge(self, task: Task) -> Result | None:
         """A new task's charges, if it killed phalanxd before its acceptance
         was recorded (only called while ``charges`` has any): its attempts

@@ -52,9 +52,8 @@ def path_for(journal: Path) -> Path:
 
 def worker_note(path: str, slot: int, epoch: int) -> Callable[[int, int], None] | None:
     """A worker's side: ``note(key, digest)`` writes its slot's record. None
-    if the file cannot be mapped (the worker says so on stderr and runs
-    without it: a task of its that kills the daemon before the hand-off
-    commits goes uncharged)."""
+    if the file cannot be mapped: the worker says so on stderr and in its
+    hello, and the daemon records its hand-offs before it gets them."""
     try:
         fd = os.open(path, os.O_RDWR)
         try:

@@ -42,6 +42,9 @@ class NullJournal:
     def worker_gone(self, slot: int) -> None:
         pass
 
+    def cannot_note(self, slot: int) -> None:
+        pass
+
     def precharge(self, task: Task) -> Result | None:
         return None
 

@@ -162,6 +162,8 @@ class WorkerIO:
         # "module: why" per module that failed: UnknownTask names it. Each
         # hello replaces the map, so a module fixed by a reload clears it.
         s.import_errors = {e.partition(": ")[0]: e.partition(": ")[2] for e in hello.errors}
+        if not hello.noting:  # its hand-offs are recorded before it gets them
+            s.events.cannot_note(slot.index)
         log.info("worker_started", slot=slot.index, pid=hello.pid, generation=slot.generation)
         s.events.event("worker.started", slot=slot.index, pid=hello.pid,
                        generation=slot.generation)
