@@ -319,15 +319,17 @@ def test_a_full_journal_refuses_new_work_by_name_and_recovers(start_daemon: Star
 
 
 
+@pytest.mark.parametrize("result_cache", [100_000, 0])
 def test_a_charge_left_by_an_unrecorded_killer_answers_every_resubmission_without_running(
-    start_daemon: StartDaemon, ipc_dir: Path
+    start_daemon: StartDaemon, ipc_dir: Path, result_cache: int
 ) -> None:
     """The journal of a daemon that died in the turn a task started, before
     that turn's commit: its worker's note names the task, the log does not.
     The new daemon keeps a charge against its name and arguments;
     with max_attempts 1 the client's resubmission is answered WorkerCrashed,
     quarantined, at once, and so is a second submission of the id sent
-    right behind it (the same loop turn, most often): the task never runs."""
+    right behind it (the same loop turn, most often): the task never runs,
+    with the result cache on or off."""
     from tests.test_journal import Daemonish, make_task
 
     dead = Daemonish(ipc_dir / "journal.db")
@@ -338,7 +340,7 @@ def test_a_charge_left_by_an_unrecorded_killer_answers_every_resubmission_withou
     dead.run(0)  # its worker notes it, and it kills the daemon: no commit
     dead.die()
 
-    d = start_daemon()
+    d = start_daemon(tasks={"result_cache": result_cache})
     (replayed,) = d.log_events("journal_replayed")
     assert replayed["charged_unrecorded"] == 1
     peer = d.raw()

@@ -98,6 +98,9 @@ class Journal:
         # daemon before their acceptance was recorded (journal_handoff.py)
         self.charges: dict[int, tuple[int, int, float]] = {}
         self._uncharge: list[int] = []  # charges used: deleted with the next commit
+        # id -> (digest, result) of tasks quarantined at submission, until
+        # the commit that retains them: a repeat in the same turn gets it.
+        self._answered: dict[str, tuple[int, Result]] = {}
         self._ledgered: set[int] = set()  # slots whose workers note what they start
         self._high = 0  # the highest key accepted in this epoch (compaction notes it)
         self._cur = db.cursor()  # one cursor for the hot path's statements
@@ -202,6 +205,7 @@ class Journal:
         log.warning("task_quarantined_on_submit", id=task.id, task=task.name,
                     attempts=task.attempts)
         self._fin.append((task, result))
+        self._answered[task.id] = (dg, result)
         return result
 
     def finish(self, task: Task, result: Result) -> None:
@@ -222,6 +226,11 @@ class Journal:
         journaled Result, or IdConflict if ``dg`` (its digest) differs; None
         otherwise (new, or pending: the task table's), or JournalFull."""
         if tid is not None:
+            if self._answered and tid in self._answered:
+                known, answer = self._answered[tid]
+                if dg and dg != known:
+                    return IdConflict(f"id {tid!r} was accepted with another task name or arguments")
+                return answer
             row = self._index.get(hash(tid) & KEY_MASK)
             if row is not None:
                 rec = self._load(row, tid)
@@ -281,6 +290,8 @@ class Journal:
         if fin_row is not None:
             self._fin = []
             self._retain(*fin_row, now)
+            if self._answered:
+                self._answered = {}
         if self._since_check > self._check_every:
             self._check_space()
         return True
