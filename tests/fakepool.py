@@ -166,6 +166,9 @@ class Ears:
     def cannot_note(self, slot: int) -> None:
         pass
 
+    def charged(self, task: Task) -> None:
+        pass
+
     def commit(self) -> bool:
         return True
 

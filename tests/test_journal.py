@@ -322,6 +322,30 @@ def test_stopped_workers_clean_stops_and_replayed_tasks_leave_no_stale_note(
     d.journal.close()
 
 
+def test_a_worker_crash_charge_is_recorded_in_its_turn(tmp_path: Path) -> None:
+    """A worker dies running x; x will run again with one attempt charged.
+    The charge is committed with that turn, not only at x's next hand-off:
+    a daemon that dies before x is handed out again still knows it."""
+    path = tmp_path / "j.db"
+    d = Daemonish(path)
+    x = d.submit("x")
+    d.hand_off(0, 1)
+    d.run(0)
+    assert d.journal.commit()
+    d.journal.worker_gone(0)  # its worker dies running x (recovery.py)
+    d.held[0].clear()
+    x.attempts = x.crashes = 1  # charge_death and retry
+    d.table.queue.append(x)
+    d.journal.charged(x)
+    d.gen[0] = 2  # a new worker, not given x yet
+    d.journal.prune()  # the worker change is written too
+    assert d.journal.commit()
+    d.die()
+    d = Daemonish(path)
+    assert [(t.id, t.attempts, t.crashes) for t in d.replayed] == [("x", 1, 1)]
+    d.journal.close()
+
+
 def test_a_torn_hand_off_record_is_ignored(tmp_path: Path) -> None:
     """The daemon can die in the middle of writing a record: a record whose
     fields do not check is not read as a charge."""

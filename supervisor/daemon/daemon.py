@@ -240,6 +240,9 @@ class Daemon:
     def cannot_note(self, slot: int) -> None:
         self.journal.cannot_note(slot)
 
+    def charged(self, task: Task) -> None:
+        self.journal.charged(task)
+
     def commit(self) -> bool:
         return self.journal.commit()
 

@@ -102,6 +102,7 @@ class Journal:
         # the commit that retains them: a repeat in the same turn gets it.
         self._answered: dict[str, tuple[int, Result]] = {}
         self._ledgered: set[int] = set()  # slots whose workers note what they start
+        self._charged: list[Task] = []  # worker-crash charges to record this turn
         self._high = 0  # the highest key accepted in this epoch (compaction notes it)
         self._cur = db.cursor()  # one cursor for the hot path's statements
         self.path = path
@@ -181,6 +182,12 @@ class Journal:
         """Its death is charged as a worker crash: its record says no more."""
         self._handoff.forget(slot)
 
+    def charged(self, task: Task) -> None:
+        """A worker died running ``task`` and it will run again: its new
+        attempt count is recorded this turn (a restart must not forget it
+        until the retry's hand-off is committed)."""
+        self._charged.append(task)
+
     def cannot_note(self, slot: int) -> None:
         """Its worker could not map the file: record its hand-offs first."""
         self._ledgered.discard(slot)
@@ -252,7 +259,7 @@ class Journal:
         """Write this turn's records in one transaction; False if they could
         not be written (they are kept and retried; replies wait)."""
         if not (self._acc or self._starts or self._fin or self._compact_due
-                or self._identity_due or self._uncharge):
+                or self._identity_due or self._uncharge or self._charged):
             return not self.failing
         now_mono = time.monotonic()
         if self.failing and now_mono < self._retry_at:
@@ -287,6 +294,8 @@ class Journal:
             self._acc = []
         if self._starts:
             self._starts = []
+        if self._charged:
+            self._charged = []
         if fin_row is not None:
             self._fin = []
             self._retain(*fin_row, now)
@@ -328,11 +337,14 @@ class Journal:
                     (t.key, t.id, t.name, t.args, t.kwargs, t.max_attempts, t.timeout,
                      t.soft_timeout, t.chunk, t.retry_timeouts, t.attempts, t.crashes,
                      t.digest, skew + t.accepted_at) for t in self._acc])
-            if self._starts:
+            if self._starts or self._charged:
                 started = encoder.encode([
                     (slot, gen, [t.key for t in tasks],
                      [(t.key, t.attempts, t.crashes) for t in tasks if t.attempts])
-                    for slot, gen, tasks in self._starts])
+                    for slot, gen, tasks in self._starts] + (
+                    # slot -1: a charge with no hand-off (replay reads only ``charged``)
+                    [(-1, 0, [], [(t.key, t.attempts, t.crashes) for t in self._charged])]
+                    if self._charged else []))
             if accepted is not None or started is not None or workers is not None:
                 written = (0 if accepted is None else len(accepted)) + (
                     0 if started is None else len(started))

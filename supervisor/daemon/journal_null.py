@@ -45,6 +45,9 @@ class NullJournal:
     def cannot_note(self, slot: int) -> None:
         pass
 
+    def charged(self, task: Task) -> None:
+        pass
+
     def precharge(self, task: Task) -> Result | None:
         return None
 

@@ -104,6 +104,7 @@ class Recovery:
             verdict = policy.judge(task, was_timeout, detail)
             if verdict.action == "retry":
                 s.table.retry(task)
+                s.events.charged(task)  # recorded with this turn, not at its next hand-off
                 s.counters.retried(verdict.kind, slot.index, task.name, detail)
                 log.info("task_retried", id=task.id, task=task.name, attempt=task.attempts,
                          why=detail)
