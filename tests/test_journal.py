@@ -347,17 +347,25 @@ def test_a_worker_crash_charge_is_recorded_in_its_turn(tmp_path: Path) -> None:
 
 
 def test_a_torn_hand_off_record_is_ignored(tmp_path: Path) -> None:
-    """The daemon can die in the middle of writing a record: a record whose
+    """A worker can die in the middle of writing a record: a record whose
     fields do not check is not read as a charge."""
-    f = HandoffFile(tmp_path / "h", slots=2)
-    f.note(0, 5, 11, 1234)
-    f.note(1, 5, 12, 5678)
+    path = tmp_path / "h"
+    f = HandoffFile(path, slots=2)
+
+    def note(slot: int, key: int, digest: int) -> None:  # as that slot's worker does
+        write = worker_note(str(path), slot, 5)
+        assert write is not None
+        write(key, digest)
+
+    note(0, 11, 1234)
+    note(1, 12, 5678)
     assert f.read(5) == [(0, 11, 1234), (1, 12, 5678)]
     assert f.read(4) == []
-    f.note(70, 5, 13, 9)  # a slot past the file's end grows it
+    f.reserve(70)  # a slot past the file's end grows it
+    note(70, 13, 9)
     assert f.read(5)[-1] == (70, 13, 9)
-    f.note(2, 5, 14, 1)
-    f.forget(2)  # its commit recorded it
+    note(2, 14, 1)
+    f.forget(2)  # its worker died
     assert [slot for slot, *_ in f.read(5)] == [0, 1, 70]
     f.close()
     raw = bytearray((tmp_path / "h").read_bytes())

@@ -181,19 +181,15 @@ class TaskTable:
         else:
             self.failed += 1
         if result is not None and self._cache_size:
-            self.remember(task, result)
-
-    def remember(self, task: Task, result: Result) -> None:
-        """Keep ``task``'s answer for resubmissions of its id."""
-        cache = self._cache
-        previous = cache.pop(task.id, None)
-        if previous is not None:
-            self.cache_bytes -= previous[2]
-        nbytes = result_bytes(result)
-        cache[task.id] = (result, task.digest, nbytes)
-        self.cache_bytes += nbytes
-        if len(cache) > self._cache_size or self.cache_bytes > self._cache_bytes_limit:
-            self._trim_cache()
+            cache = self._cache
+            previous = cache.pop(task.id, None)
+            if previous is not None:
+                self.cache_bytes -= previous[2]
+            nbytes = result_bytes(result)
+            cache[task.id] = (result, task.digest, nbytes)
+            self.cache_bytes += nbytes
+            if len(cache) > self._cache_size or self.cache_bytes > self._cache_bytes_limit:
+                self._trim_cache()
 
     def charge_death(self, slot: AnySlot, running_key: int | None = None) -> Task | None:
         """A slot's worker died: charge its running task, requeue the rest.

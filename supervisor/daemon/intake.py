@@ -247,8 +247,7 @@ def submit(d: Daemon, route: bytes, req: bool, request: Submit) -> None:
         task.digest = fingerprint
         if d.journal.charges:  # it may have killed phalanxd before it was recorded
             quarantined = d.journal.precharge(task)
-            if quarantined is not None:  # answered now: a repeat of its id gets this
-                pool.table.remember(task, quarantined)
+            if quarantined is not None:  # answered now (the journal answers a repeat)
                 accepted.append(task_id)
                 (group.results if group is not None else replays).append(quarantined)
                 continue

@@ -63,7 +63,7 @@ from typing import Any
 import structlog
 
 from supervisor.config import JournalSection
-from supervisor.core.tasks import Task, TaskTable, digest
+from supervisor.core.tasks import Task, TaskTable
 from supervisor.daemon import journal_store as store
 from supervisor.daemon import journal_upkeep as upkeep
 from supervisor.daemon.journal_handoff import HandoffFile, path_for
@@ -197,7 +197,7 @@ class Journal:
         """A new task's charges, if it killed phalanxd before its acceptance
         was recorded (only called while ``charges`` has any): its attempts
         so far, or, out of attempts, its failed result (recorded)."""
-        dg = task.digest or digest(task.name, task.args, task.kwargs)
+        dg = task.digest  # intake computes it for every task
         found = self.charges.pop(dg, None)
         if found is None:
             return None
@@ -233,19 +233,13 @@ class Journal:
         journaled Result, or IdConflict if ``dg`` (its digest) differs; None
         otherwise (new, or pending: the task table's), or JournalFull."""
         if tid is not None:
-            if self._answered and tid in self._answered:
-                known, answer = self._answered[tid]
-                if dg and dg != known:
-                    return IdConflict(f"id {tid!r} was accepted with another task name or arguments")
+            found = self._find(tid)
+            if found is not None:
+                known, answer = found
+                if dg and known and known != dg:
+                    return IdConflict(
+                        f"id {tid!r} was accepted with another task name or arguments")
                 return answer
-            row = self._index.get(hash(tid) & KEY_MASK)
-            if row is not None:
-                rec = self._load(row, tid)
-                if rec is not None:
-                    if dg and rec.digest and rec.digest != dg:
-                        return IdConflict(
-                            f"id {tid!r} was accepted with another task name or arguments")
-                    return rec.result
         if self.full and (tid is None or self._table is None or tid not in self._table.by_id):
             return self._full_error()
         return None
@@ -429,9 +423,18 @@ class Journal:
 
     def result(self, tid: str) -> Result | None:
         """The retained result for ``tid``, if it finished."""
+        found = self._find(tid)
+        return None if found is None else found[1]
+
+    def _find(self, tid: str) -> tuple[int, Result] | None:
+        """(digest, result) of ``tid`` if its result is retained, or was
+        answered at submission this turn (``precharge``: not retained until
+        the commit)."""
+        if self._answered and tid in self._answered:
+            return self._answered[tid]
         row = self._index.get(hash(tid) & KEY_MASK)
         rec = None if row is None else self._load(row, tid)
-        return None if rec is None else rec.result
+        return None if rec is None else (rec.digest, rec.result)
 
     # Operator views and upkeep: journal_upkeep.py.
     def recent(self, limit: int) -> list[dict[str, Any]]:

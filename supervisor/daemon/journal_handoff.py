@@ -86,17 +86,11 @@ class HandoffFile:
         finally:
             os.close(fd)  # the mapping keeps the file
         self._slots = size // SIZE
-        self._pack = RECORD.pack_into
 
     def reserve(self, slot: int) -> None:
         """Room for ``slot``'s record; OSError or ValueError if the file cannot grow."""
         if slot >= self._slots:
             self._grow(slot + 1)
-
-    def note(self, slot: int, epoch: int, key: int, digest: int) -> None:
-        """What ``worker_note`` writes, from this process (tests)."""
-        self.reserve(slot)
-        self._pack(self._map, slot * SIZE, epoch, key, digest, _check(epoch, key, digest))
 
     def forget(self, slot: int) -> None:
         if slot < self._slots:  # else reserve() failed: its worker noted nothing
